@@ -1,0 +1,139 @@
+"""Step: calibration data, a clean view and a perturbed view of the same n text windows (METHOD.md §2).
+
+The corpus (rows joined with "\\n\\n") is cut into consecutive windows of seq_len + margin tokens snapped to word
+boundaries; n of them are drawn with the seed. Each window's text is perturbed (rule-based real-word one-edit
+generator, see pipsteps.perturb) and both views are tokenized independently and truncated to exactly seq_len
+tokens, so neither needs padding. Writes `clean.safetensors` / `perturbed.safetensors` (input_ids, int64,
+(n, seq_len)), `texts.jsonl` (both texts and the edits, for humans) and a metrics JSON with the achieved edit rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from pipsteps import cli
+from pipsteps.io import PipError, Timer, atomic_path, load_tokenizer, write_json
+from pipsteps.perturb import build_lexicon, perturb_text, token_noise
+from pipsteps.textdata import read_rows
+
+log = logging.getLogger("pipsteps.calibration")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    source: str = field(default="embedded:calibration", metadata={"help": "embedded:calibration, .txt/.jsonl, or HF dataset"})
+    dataset_config: str | None = field(default=None, metadata={"help": "HF dataset config name"})
+    split: str = field(default="train", metadata={"help": "HF dataset split"})
+    text_field: str = field(default="text", metadata={"help": "text field of HF / .jsonl rows"})
+    n_samples: int = field(default=8, metadata={"help": "number of calibration windows n"})
+    seq_len: int = field(default=64, metadata={"help": "tokens per window L"})
+    seed: int = field(default=0, metadata={"help": "seed for window choice and perturbation"})
+    generator: str = field(default="rule_based", metadata={"help": "rule_based or token_noise"})
+    rate: float = field(default=0.2, metadata={"help": "fraction p of eligible words (tokens) to edit"})
+    min_len: int = field(default=3, metadata={"help": "minimum length of an editable word"})
+    min_freq: int = field(default=2, metadata={"help": "minimum corpus frequency of a lexicon word"})
+    wordlist: str | None = field(default=None, metadata={"help": "optional extra lexicon, one word per line"})
+
+
+def windows(corpus: str, tok: Any, span_tokens: int) -> list[tuple[int, int]]:
+    """Character spans of consecutive `span_tokens`-token windows, snapped to whitespace (whole words only)."""
+    offsets = tok(corpus, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    spans = []
+    for k in range(len(offsets) // span_tokens):
+        s, e = offsets[k * span_tokens][0], offsets[(k + 1) * span_tokens - 1][1]
+        if k > 0:  # start after the first whitespace so no word is cut
+            s = next((i + 1 for i in range(s, e) if corpus[i].isspace()), e)
+        e = max((i for i in range(s, e) if corpus[i].isspace()), default=e)
+        spans.append((s, e))
+    return spans
+
+
+def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
+    if cfg.n_samples < 1 or cfg.seq_len < 8:
+        raise PipError(f"calibration needs n_samples >= 1 and seq_len >= 8 (got {cfg.n_samples}, {cfg.seq_len})")
+    with Timer() as t:
+        tok = load_tokenizer(tokenizer_dir)
+        rows = [r for r in read_rows(cfg.source, text_field=cfg.text_field, dataset_config=cfg.dataset_config,
+                                     split=cfg.split) if r.strip()]
+        corpus = "\n\n".join(r.strip() for r in rows)
+        extra = Path(cfg.wordlist).read_text().split() if cfg.wordlist else []
+        lexicon = build_lexicon(rows, cfg.min_freq, extra)
+        margin = max(8, cfg.seq_len // 4)
+        spans = windows(corpus, tok, cfg.seq_len + margin)
+        if len(spans) < cfg.n_samples:
+            raise PipError(f"calibration text too short: {cfg.source} gives {len(spans)} windows of "
+                           f"{cfg.seq_len}+{margin} tokens, need n_samples={cfg.n_samples}")
+        rng = random.Random(cfg.seed)
+        order = rng.sample(range(len(spans)), len(spans))
+        clean, pert, records, n_edit, n_elig = [], [], [], 0, 0
+        for k in order:
+            if len(clean) == cfg.n_samples:
+                break
+            text = corpus[slice(*spans[k])]
+            sample_rng = random.Random(f"{cfg.seed}:{k}")
+            c_ids = tok(text)["input_ids"][: cfg.seq_len]
+            if cfg.generator == "token_noise":
+                p_text, edits, elig = text, [], len(c_ids)
+                p_ids = token_noise(c_ids, cfg.rate, len(tok), sample_rng)
+                n_changed = sum(a != b for a, b in zip(c_ids, p_ids))
+            elif cfg.generator == "rule_based":
+                p_text, edits, elig = perturb_text(text, lexicon, cfg.rate, sample_rng, cfg.min_len)
+                p_ids = tok(p_text)["input_ids"][: cfg.seq_len]
+                n_changed = len(edits)
+            else:
+                raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: rule_based, token_noise")
+            if len(c_ids) < cfg.seq_len or len(p_ids) < cfg.seq_len:
+                continue  # rare: window came out short after snapping/perturbing; take the next one
+            clean.append(c_ids)
+            pert.append(p_ids)
+            n_edit, n_elig = n_edit + n_changed, n_elig + elig
+            records.append({"window": k, "clean": text, "perturbed": p_text, "eligible_words": elig,
+                            "edits": [[e.old, e.new] for e in edits],
+                            "clean_tokens": tok.decode(c_ids), "perturbed_tokens": tok.decode(p_ids)})
+        if len(clean) < cfg.n_samples:
+            raise PipError(f"calibration text too short: only {len(clean)} usable windows of {cfg.seq_len} tokens "
+                           f"in {cfg.source}, need {cfg.n_samples}")
+        ids = {v: torch.tensor(x, dtype=torch.int64) for v, x in (("clean", clean), ("perturbed", pert))}  # (n, L)
+        digest = hashlib.sha256(ids["clean"].numpy().tobytes() + ids["perturbed"].numpy().tobytes()).hexdigest()[:16]
+        meta = {"source": cfg.source, "seed": str(cfg.seed), "calibration_hash": digest}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for view, x in ids.items():
+            with atomic_path(out_dir / f"{view}.safetensors") as tmp:
+                save_file({"input_ids": x}, str(tmp), metadata={**meta, "view": view})
+        with atomic_path(out_dir / "texts.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    rate = n_edit / max(n_elig, 1)
+    log.info("calibration: %d x %d tokens, lexicon %d words, achieved edit rate %.3f (target %.3f)",
+             cfg.n_samples, cfg.seq_len, len(lexicon), rate, cfg.rate)
+    if rate < 0.5 * cfg.rate:
+        log.warning("achieved edit rate %.3f is far below the target %.3f: the lexicon is too small for this text "
+                    "(add a word list with perturbation.wordlist)", rate, cfg.rate)
+    return {"n_samples": cfg.n_samples, "seq_len": cfg.seq_len, "edit_rate": rate, "target_rate": cfg.rate,
+            "edits": n_edit, "eligible": n_elig, "lexicon_size": len(lexicon), "calibration_hash": digest,
+            "token_diff_fraction": float((ids["clean"] != ids["perturbed"]).float().mean()),
+            "wall_s": t.seconds}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tokenizer", required=True, type=Path, help="model directory holding the tokenizer")
+        p.add_argument("--out-dir", required=True, type=Path, help="directory for the two views and texts.jsonl")
+        p.add_argument("--metrics", required=True, type=Path, help="output metrics JSON")
+
+    cfg, ns = cli.parse(CalibConfig, argv, __doc__.splitlines()[0], extra)
+    metrics = run(cfg, ns.tokenizer, ns.out_dir)
+    write_json(ns.metrics, {"config": asdict(cfg), **metrics})
+
+
+if __name__ == "__main__":
+    cli.main_wrapper(main)

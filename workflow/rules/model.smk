@@ -1,0 +1,50 @@
+rule prepare_model:
+    input:
+        code=step_code("prepare_model"),
+    output:
+        model=directory("results/base/model"),
+        metrics="results/base/model.json",
+    log:
+        "logs/prepare_model/base.log",
+    benchmark:
+        "benchmarks/prepare_model/base.tsv"
+    conda:
+        "../../envs/pipsteps.yaml"
+    resources:
+        mem_mb=16000,
+        runtime="1h",
+    params:
+        source=lookup(dpath="model/source", within=config),
+        dtype=lookup(dpath="model/dtype", within=config),
+        revision=lookup(dpath="model/revision", within=config),
+        trust=lookup(dpath="model/trust_remote_code", within=config),
+    shell:
+        "python -m pipsteps.prepare_model --source {params.source:q} --dtype {params.dtype}"
+        " --revision '{params.revision}' --trust-remote-code {params.trust}"
+        " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
+
+
+checkpoint plan_rounds:
+    input:
+        model="results/base/model",
+        code=step_code("plan"),
+    output:
+        plan="results/{unit}/{method}/r{ratio}/plan.json",
+    log:
+        "logs/plan_rounds/{unit}/{method}/r{ratio}.log",
+    benchmark:
+        "benchmarks/plan_rounds/{unit}/{method}/r{ratio}.tsv"
+    conda:
+        "../../envs/pipsteps.yaml"
+    resources:
+        mem_mb=16000,
+        runtime="10m",
+    params:
+        per_round=lookup(dpath="prune/layers_per_round", within=config),
+        first=lookup(dpath="prune/protect_first", within=config),
+        last=lookup(dpath="prune/protect_last", within=config),
+    shell:
+        "python -m pipsteps.plan --unit {wildcards.unit} --method {wildcards.method}"
+        " --target-ratio {wildcards.ratio} --layers-per-round {params.per_round}"
+        " --protect-first {params.first} --protect-last {params.last}"
+        " --model {input.model} --out {output.plan} > {log} 2>&1"
