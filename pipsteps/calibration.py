@@ -1,8 +1,8 @@
 """Step: calibration data, a clean view and a perturbed view of the same n text windows (METHOD.md §2).
 
 The corpus (rows joined with "\\n\\n") is cut into consecutive windows of seq_len + margin tokens snapped to word
-boundaries; n of them are drawn with the seed. Each window's text is perturbed (rule-based real-word one-edit
-generator, see pipsteps.perturb) and both views are tokenized independently and truncated to exactly seq_len
+boundaries; n of them are drawn with the seed. The words inside each window's first seq_len tokens are perturbed
+(rule-based real-word one-edit generator, see pipsteps.perturb; `token_noise` replaces token ids instead) and both views are tokenized independently and truncated to exactly seq_len
 tokens, so neither needs padding. Writes `clean.safetensors` / `perturbed.safetensors` (input_ids, int64,
 (n, seq_len)), `texts.jsonl` (both texts and the edits, for humans) and a metrics JSON with the achieved edit rate.
 """
@@ -81,19 +81,26 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
                 break
             text = corpus[slice(*spans[k])]
             sample_rng = random.Random(f"{cfg.seed}:{k}")
-            c_ids = tok(text)["input_ids"][: cfg.seq_len]
+            enc = tok(text, return_offsets_mapping=True)
+            c_ids = enc["input_ids"][: cfg.seq_len]
+            if len(c_ids) < cfg.seq_len:
+                continue
+            # edit only words inside the first seq_len tokens (the rest is cut off); keep the tail as is
+            cut = enc["offset_mapping"][cfg.seq_len - 1][1]
+            cut = max((i for i in range(cut) if text[i].isspace()), default=0)
             if cfg.generator == "token_noise":
                 p_text, edits, elig = text, [], len(c_ids)
                 p_ids = token_noise(c_ids, cfg.rate, len(tok), sample_rng)
                 n_changed = sum(a != b for a, b in zip(c_ids, p_ids))
             elif cfg.generator == "rule_based":
-                p_text, edits, elig = perturb_text(text, lexicon, cfg.rate, sample_rng, cfg.min_len)
+                head, edits, elig = perturb_text(text[:cut], lexicon, cfg.rate, sample_rng, cfg.min_len)
+                p_text = head + text[cut:]
                 p_ids = tok(p_text)["input_ids"][: cfg.seq_len]
                 n_changed = len(edits)
             else:
                 raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: rule_based, token_noise")
-            if len(c_ids) < cfg.seq_len or len(p_ids) < cfg.seq_len:
-                continue  # rare: window came out short after snapping/perturbing; take the next one
+            if len(p_ids) < cfg.seq_len or p_ids == c_ids:
+                continue  # rare: window came out short, or had no editable word; take the next one
             clean.append(c_ids)
             pert.append(p_ids)
             n_edit, n_elig = n_edit + n_changed, n_elig + elig

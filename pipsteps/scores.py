@@ -38,30 +38,34 @@ NEEDS = {"norm_diff": ("clean", "perturbed"), "rel_diff": ("clean", "perturbed")
          "taylor_diff": ("clean", "perturbed"), "taylor": ("clean",), "magnitude": ()}
 
 
+def _sum(x: torch.Tensor) -> float:
+    return float(x.sum(dtype=torch.float64))  # fp32 products, fp64 accumulation
+
+
 def layer_stats(model: torch.nn.Module, clean: Path | None, perturbed: Path | None) -> dict[int, Stats]:
-    """Per-layer sums (in float64) of the products every score needs: dd=ΣD², cc=ΣGc², pp=ΣGp², cp=ΣGc·Gp,
+    """Per-layer sums of the products every score needs: dd=ΣD², cc=ΣGc², pp=ΣGp², cp=ΣGc·Gp,
     wd=Σ|W·D|, wc=Σ|W·Gc|, ww=ΣW²."""
     stats: dict[int, Stats] = defaultdict(lambda: defaultdict(float))
     weights = {n: p.detach() for n, p in model.named_parameters() if layer_of(n) is not None}
     fc = safe_open(str(clean), framework="pt") if clean else None
     fp = safe_open(str(perturbed), framework="pt") if perturbed else None
     for name, w in weights.items():
-        s, w = stats[layer_of(name)], w.double()
-        s["ww"] += float(w.pow(2).sum())
+        s, w = stats[layer_of(name)], w.float()
+        s["ww"] += _sum(w * w)
         if fc is None:
             continue
         if name not in fc.keys():
             raise PipError(f"gradient file {clean} has no tensor {name}: it was computed on another model")
-        gc = fc.get_tensor(name).double()
-        s["cc"] += float(gc.pow(2).sum())
-        s["wc"] += float((w * gc).abs().sum())
+        gc = fc.get_tensor(name).float()
+        s["cc"] += _sum(gc * gc)
+        s["wc"] += _sum((w * gc).abs_())
         if fp is not None:
-            gp = fp.get_tensor(name).double()
+            gp = fp.get_tensor(name).float()
             d = gc - gp
-            s["pp"] += float(gp.pow(2).sum())
-            s["cp"] += float((gc * gp).sum())
-            s["dd"] += float(d.pow(2).sum())
-            s["wd"] += float((w * d).abs().sum())
+            s["pp"] += _sum(gp * gp)
+            s["cp"] += _sum(gc * gp)
+            s["dd"] += _sum(d * d)
+            s["wd"] += _sum((w * d).abs_())
     return {i: dict(s) for i, s in sorted(stats.items())}
 
 

@@ -1,5 +1,7 @@
 # Config validation, wildcard constraints and every helper function. No rules here.
 import json
+import os
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -29,18 +31,23 @@ GRAD_METHODS = {"pip": ("clean", "perturbed"), "taylor": ("clean",), "magnitude"
 
 
 def _is_local(source):
-    return source.startswith((".", "/", "~"))
+    return os.path.isabs(source) or source.startswith((".", "~"))
 
 
 def _check_paths():
     """Fail at parse time on local inputs that do not exist (cheap checks before any heavy work)."""
     problems = []
-    if _is_local(config["model"]["source"]) and not Path(config["model"]["source"]).expanduser().is_dir():
+    if (
+        _is_local(config["model"]["source"])
+        and not Path(config["model"]["source"]).expanduser().is_dir()
+    ):
         problems.append(f"model.source: model path does not exist: {config['model']['source']}")
     for key, src in [("calibration.source", config["calibration"]["source"])] + [
         (f"eval.datasets.{d['name']}", d["source"]) for d in config["eval"]["datasets"]
     ]:
-        if (_is_local(src) or src.endswith((".txt", ".jsonl"))) and not Path(src).expanduser().is_file():
+        if (_is_local(src) or src.endswith((".txt", ".jsonl"))) and not Path(
+            src
+        ).expanduser().is_file():
             problems.append(f"{key}: file not found: {src}")
     if problems:
         raise WorkflowError("; ".join(problems))
@@ -108,7 +115,7 @@ def grad_model(wildcards):
     """The model whose gradients are taken: the dense one (base) or the model before round r."""
     if wildcards.where == "base":
         return "results/base/model"
-    stage, r = wildcards.where.rsplit("/round_", 1)
+    stage, r = re.fullmatch(r"(.+)/round_(\d+)", wildcards.where).groups()
     return f"results/{stage}/round_{int(r) - 1}/model"
 
 
@@ -129,11 +136,3 @@ def maybe_temp(path):
 
 def eval_datasets_json():
     return json.dumps(config["eval"]["datasets"], separators=(",", ":"))
-
-
-def summary_inputs(wildcards):
-    files = ["results/base/eval/metrics.json"]
-    for stage in variants():
-        files.append(f"results/{stage}/eval/metrics.json")
-        files += [f"results/{stage}/round_{i}/round.json" for i in range(1, n_rounds(stage) + 1)]
-    return files

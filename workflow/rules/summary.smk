@@ -1,6 +1,9 @@
+# Static inputs only (no checkpoint-dependent input function): Snakemake skips param checks for jobs whose inputs
+# come from a checkpoint, so a new variant would not rerun the summary. The round JSONs are written by the same
+# jobs as the final models the evaluations consume.
 rule summarize:
     input:
-        summary_inputs,
+        evals=expand("results/{stage}/eval/metrics.json", stage=["base", *variants()]),
         plans=expand("results/{stage}/plan.json", stage=variants()),
         model="results/base/model.json",
         calibration="results/calibration/calibration.json",

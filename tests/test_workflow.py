@@ -1,0 +1,155 @@
+"""The real workflow through the snakemake CLI on a tiny random Llama in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+E2E = REPO / "tests" / "e2e" / "config.yaml"
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config or workdir / "config.yaml"),
+           "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def dry_jobs(workdir: Path, config: Path | None = None) -> dict[str, int]:
+    """Job name -> count from a dry run's job-stats table."""
+    out = snakemake(workdir, "-n", config=config).stdout
+    if "Nothing to be done" in out:
+        return {}
+    assert "Job stats:" in out, out[-3000:]
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("e2e")
+    shutil.copy(E2E, workdir / "config.yaml")
+    snakemake(workdir)
+    return workdir
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"),
+                           "--configfile", str(E2E)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_snakefmt_check():
+    proc = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_output_exists_and_metrics_are_finite(run_dir):
+    r = run_dir / "results"
+    assert (r / "base/model/model.safetensors").exists()
+    for f in ("clean.safetensors", "perturbed.safetensors", "texts.jsonl", "calibration.json"):
+        assert (r / "calibration" / f).exists(), f
+    for stage in ("base", "depth/pip/r0.2", "depth/random/r0.2"):
+        ev = json.loads((r / stage / "eval/metrics.json").read_text())
+        assert all(math.isfinite(v) and v > 1 for d in ev["ppl"].values() for v in d.values())
+        assert set(ev["ppl"]["heldout"]) == {"16", "64"}
+    for method in ("pip", "random"):
+        plan = json.loads((r / f"depth/{method}/r0.2/plan.json").read_text())
+        assert plan["rounds"] == 2  # tiny model: 2 of 6 layers reach 20% of the parameters
+        last = json.loads((r / f"depth/{method}/r0.2/round_2/round.json").read_text())
+        assert last["achieved_ratio"] >= 0.2 and last["layers_left"] == 4
+        manifest = json.loads((r / f"depth/{method}/r0.2/round_2/model/pruning_manifest.json").read_text())
+        assert manifest["removed_layers"] == last["removed_layers_so_far"] and len(manifest["kept_layers"]) == 4
+        assert all(math.isfinite(s["score"]) for s in last["layer_scores"] if s["score"] is not None)
+    # gradients are temporary: consumed by the prune rounds, then removed
+    assert not list(r.rglob("grads_*.safetensors"))
+    assert (r / "base/grads_clean.json").exists() and (r / "depth/pip/r0.2/round_2/grads_perturbed.json").exists()
+    summary = (r / "summary.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in summary[1:]] == ["dense", "depth/pip/r0.2", "depth/random/r0.2"]
+    assert "removed layer(s)" in (run_dir / "logs/prune_round/depth/pip/r0.2/round_2.log").read_text()
+    assert (run_dir / "benchmarks/prune_round/depth/pip/r0.2/round_2.tsv").read_text().startswith("s\t")
+
+
+def test_pruned_model_loads_with_plain_from_pretrained(run_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "results/depth/pip/r0.2/round_2/model")
+    assert model.config.num_hidden_layers == 4
+
+
+def test_second_run_has_nothing_to_do(run_dir):
+    assert "Nothing to be done" in snakemake(run_dir, "-n").stdout
+
+
+def test_changing_eval_settings_reruns_only_evaluation_and_summary(run_dir):
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["eval"]["max_tokens"] = 256
+    alt = run_dir / "eval-changed.yaml"
+    alt.write_text(yaml.safe_dump(cfg))
+    assert dry_jobs(run_dir, alt) == {"evaluate_ppl": 3, "summarize": 1, "all": 1}
+
+
+def test_changing_target_ratio_keeps_model_calibration_and_dense_gradients(run_dir):
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["prune"]["target_ratio"] = 0.4
+    alt = run_dir / "ratio-changed.yaml"
+    alt.write_text(yaml.safe_dump(cfg))
+    jobs = dry_jobs(run_dir, alt)
+    assert jobs.get("plan_rounds") == 2 and jobs.get("summarize") == 1, jobs
+    assert "prepare_model" not in jobs and "prepare_calibration" not in jobs
+    assert "collect_gradients" not in jobs  # round-1 gradients of the dense model are reused
+
+
+def test_unknown_key_fails_before_any_job(tmp_path):
+    cfg = yaml.safe_load(E2E.read_text())
+    cfg["prune"]["layers_per_rund"] = 2
+    proc = snakemake(tmp_path, "-n", config=write_config(tmp_path, cfg), check=False)
+    assert proc.returncode != 0
+    assert "unknown key prune.layers_per_rund" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"prune": {"target_ratio": 1.5}}, "prune.target_ratio"),
+    ({"model": {"source": "./no/such/model"}}, "model path does not exist: ./no/such/model"),
+    ({"calibration": {"source": "/no/such/file.txt"}}, "file not found: /no/such/file.txt"),
+])
+def test_bad_config_values_fail_at_parse_time(tmp_path, change, message):
+    cfg = yaml.safe_load(E2E.read_text())
+    for section, values in change.items():
+        cfg[section].update(values)
+    proc = snakemake(tmp_path, "-n", config=write_config(tmp_path, cfg), check=False)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+
+
+def test_unreachable_ratio_and_short_calibration_fail_before_gradients(tmp_path):
+    cfg = yaml.safe_load(E2E.read_text())
+    cfg["prune"].update(target_ratio=0.9, protect_first=2, protect_last=2)
+    short = tmp_path / "short.txt"
+    short.write_text("a few words only\n")
+    proc = snakemake(tmp_path, "--until", "plan_rounds", config=write_config(tmp_path, cfg), check=False)
+    assert proc.returncode != 0 and "is unreachable" in proc.stdout + proc.stderr
+    cfg = yaml.safe_load(E2E.read_text())
+    cfg["calibration"]["source"] = str(short)
+    proc = snakemake(tmp_path, "--until", "prepare_calibration", config=write_config(tmp_path, cfg), check=False)
+    assert proc.returncode != 0 and "calibration text too short" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results/calibration/clean.safetensors").exists()
