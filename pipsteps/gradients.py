@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipsteps import cli
-from pipsteps.io import PipError, Timer, atomic_path, load_model, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.io import (PipError, Timer, atomic_path, load_model, open_safetensors, resolve_device, resolve_dtype,
+                         set_threads, write_json)
 
 log = logging.getLogger("pipsteps.gradients")
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
@@ -42,7 +42,9 @@ class GradConfig:
 
 
 def load_ids(path: Path) -> torch.Tensor:
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
+        if "input_ids" not in f.keys():
+            raise PipError(f"{path} has no input_ids tensor: not a calibration view")
         return f.get_tensor("input_ids")  # (n, L) int64
 
 

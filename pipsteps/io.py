@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 log = logging.getLogger("pipsteps")
 
@@ -65,9 +66,15 @@ def set_threads(threads: int) -> None:
 # ---------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (file or directory)."""
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (file or directory).
+
+    On any failure (a killed process leaves only a hidden `.NAME.*.partial` directory, removed by the next write of
+    the same output) nothing is left at `path`. Write errors such as a full disk become a one-line PipError.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)  # left behind by a killed earlier attempt at this output
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     target = tmp / final.name
     try:
@@ -75,8 +82,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(target, final)
+    except (OSError, SafetensorError) as e:  # safetensors reports I/O failures (EFBIG, ENOSPC) as its own error
+        reason = getattr(e, "strerror", None) or str(e)
+        raise PipError(f"could not write {final}: {reason} (disk full?); nothing was left behind") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_safetensors(path: str | os.PathLike):
+    """safe_open with a one-line error naming the file when it is missing, truncated or corrupted."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise PipError(f"missing file: {path}")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:
+        raise PipError(f"corrupted or unreadable safetensors file {path}: {e}") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

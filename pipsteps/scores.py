@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 
 from pipsteps.gradients import layer_of
-from pipsteps.io import PipError
+from pipsteps.io import PipError, open_safetensors
 
 Stats = dict[str, float]
 DEPTH_SCORES: dict[str, Callable[[Stats], float]] = {
@@ -47,8 +46,8 @@ def layer_stats(model: torch.nn.Module, clean: Path | None, perturbed: Path | No
     wd=Σ|W·D|, wc=Σ|W·Gc|, ww=ΣW²."""
     stats: dict[int, Stats] = defaultdict(lambda: defaultdict(float))
     weights = {n: p.detach() for n, p in model.named_parameters() if layer_of(n) is not None}
-    fc = safe_open(str(clean), framework="pt") if clean else None
-    fp = safe_open(str(perturbed), framework="pt") if perturbed else None
+    fc = open_safetensors(clean) if clean else None
+    fp = open_safetensors(perturbed) if perturbed else None
     for name, w in weights.items():
         s, w = stats[layer_of(name)], w.float()
         s["ww"] += _sum(w * w)

@@ -84,6 +84,10 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", dty
     if not any(path.glob("*.safetensors")):
         raise PipError(f"no safetensors weights in {path}")
     manifest = read_manifest(path)
+    n_config = json.loads((path / "config.json").read_text()).get("num_hidden_layers")
+    if n_config != len(manifest["kept_layers"]):
+        raise PipError(f"{path / MANIFEST} does not match the model: it keeps {len(manifest['kept_layers'])} layers, "
+                       f"config.json has {n_config}")
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -23,3 +23,31 @@ def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     run(PrepareConfig(source="tiny:llama"), out)
     return out
+
+
+E2E = REPO / "tests" / "e2e" / "config.yaml"
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True):
+    """Run the real workflow through the snakemake CLI in `workdir` (default profile, 2 cores)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config or workdir / "config.yaml"),
+           "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory) -> Path:
+    """One complete, uninterrupted run of the tiny end-to-end workflow (shared by the workflow and fault tests)."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("e2e")
+    shutil.copy(E2E, workdir / "config.yaml")
+    snakemake(workdir)
+    return workdir

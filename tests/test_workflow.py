@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-E2E = REPO / "tests" / "e2e" / "config.yaml"
-
-
-def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config or workdir / "config.yaml"),
-           "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+from conftest import E2E, REPO, snakemake
 
 
 def dry_jobs(workdir: Path, config: Path | None = None) -> dict[str, int]:
@@ -44,11 +32,8 @@ def write_config(workdir: Path, cfg: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("e2e")
-    shutil.copy(E2E, workdir / "config.yaml")
-    snakemake(workdir)
-    return workdir
+def run_dir(e2e_run: Path) -> Path:
+    return e2e_run
 
 
 def test_lint_is_clean():
