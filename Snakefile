@@ -6,13 +6,21 @@ min_version("9.20")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/gradients.smk"
 include: "workflow/rules/prune.smk"
+include: "workflow/rules/recovery.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/zeroshot.smk"
+include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/tracking.smk"
 
 
 rule all:
@@ -20,3 +28,5 @@ rule all:
     input:
         "results/summary.tsv",
         "results/summary.md",
+        plot_targets(),
+        tracking_targets(),

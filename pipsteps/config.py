@@ -15,10 +15,12 @@ class ConfigError(ValueError):
 
 
 def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
-    """Raise ConfigError with one line naming the key and the allowed values on the first schema violation."""
+    """Raise ConfigError with one line naming the key and the allowed values on the first schema violation, or on
+    the first impossible combination of keys (check_combinations)."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     err = best_match(Draft202012Validator(schema).iter_errors(config))
     if err is None:
+        check_combinations(config, schema)
         return
     key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
     if err.validator == "additionalProperties":
@@ -30,3 +32,32 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     if err.validator == "enum":
         raise ConfigError(f"config: {key} = {err.instance!r} is not allowed (allowed: {', '.join(map(str, err.validator_value))})")
     raise ConfigError(f"config: {key}: {err.message}")
+
+
+def value(config: dict[str, Any], schema: dict[str, Any], key: str) -> Any:
+    """config[a][b] for key "a.b", or the schema default where the config leaves it out (defaults are not filled yet)."""
+    node: Any = config
+    for part in key.split("."):
+        schema = schema.get("properties", {}).get(part, {})
+        if not isinstance(node, dict) or part not in node:
+            return schema.get("default")
+        node = node[part]
+    return node
+
+
+def check_combinations(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Cross-key checks the schema cannot express, each a one-line ConfigError naming the keys."""
+    if value(config, schema, "recovery.enabled"):
+        src = value(config, schema, "recovery.source")
+        if src is None or not str(src).strip():
+            raise ConfigError("config: recovery.enabled is true but recovery.source is empty: give a HF dataset, "
+                              "a local .json/.jsonl/.txt file or embedded:calibration")
+        batch, micro = value(config, schema, "recovery.batch_size"), value(config, schema, "recovery.micro_batch")
+        if batch % micro:
+            raise ConfigError(f"config: recovery.batch_size ({batch}) must be a multiple of recovery.micro_batch "
+                              f"({micro})")
+    if value(config, schema, "prune.unit") == "width" and not value(config, schema, "prune.grid"):
+        methods = [value(config, schema, "prune.method"), *value(config, schema, "prune.baselines")]
+        if "block_influence" in methods:
+            raise ConfigError("config: prune.method/baselines: block_influence prunes whole layers only, but "
+                              "prune.unit is width (use it with unit depth, or list both units in prune.grid)")

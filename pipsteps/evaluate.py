@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipsteps import cli
+from pipsteps.compute import ComputeConfig
 from pipsteps.io import (PipError, Timer, count_params, load_model, load_tokenizer, resolve_device, resolve_dtype,
                          set_threads, write_json)
 from pipsteps.textdata import read_rows
@@ -30,15 +31,12 @@ log = logging.getLogger("pipsteps.evaluate")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(ComputeConfig):
     datasets: str = field(default='[{"name": "heldout", "source": "embedded:heldout"}]',
                           metadata={"help": "JSON list of {name, source, format, split, text_field, dataset_config}"})
     seq_lens: tuple[int, ...] = field(default=(128, 2048), metadata={"help": "chunk lengths (capped at model max)"})
     max_tokens: int = field(default=0, metadata={"help": "token cap per dataset (0 = all)"})
     batch_tokens: int = field(default=4096, metadata={"help": "tokens per forward batch"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) or explicit"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
 
 
 @torch.no_grad()
@@ -61,7 +59,7 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, batch_to
 
 def run(cfg: EvalConfig, model_dir: Path) -> dict[str, Any]:
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
     try:
         specs = json.loads(cfg.datasets)
     except json.JSONDecodeError as e:
@@ -74,7 +72,7 @@ def run(cfg: EvalConfig, model_dir: Path) -> dict[str, Any]:
                                      dataset_config=d.get("dataset_config"), split=d.get("split", "test"))
                 for d in specs}
         tok = load_tokenizer(model_dir)
-        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device))
+        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
         max_len = getattr(model.config, "max_position_embeddings", None) or max(cfg.seq_lens)
         ppl: dict[str, dict[str, float]] = {}
         tokens: dict[str, int] = {}

@@ -6,39 +6,47 @@ accumulated in fp32 over micro-batches. Only decoder-layer weights take gradient
 tied lm_head are frozen, which also saves the large embedding gradient). Writes one safetensors file
 (`model.layers.{i}.…` → tensor in `save_dtype`) and a metrics JSON with the loss and per-layer gradient norms.
 Non-finite losses or gradients fail naming the round, view and layer; all-zero layer gradients are reported.
+
+Memory (compute.*): `lean` (default) moves each parameter's gradient off the compute device the moment backward
+produces it (a post-accumulate-grad hook) and sums the micro-batches in fp32 in host memory, so the GPU holds the
+weights, the activations and one parameter's gradient, never a full gradient or an fp32 copy of the model. On the
+CPU it gives the same numbers as the plain path (same operations, same order). `checkpointing` recomputes each
+decoder layer's activations in backward (larger micro-batches fit). `device_map` shards the model over the GPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipsteps import cli
-from pipsteps.io import (PipError, Timer, atomic_path, load_model, open_safetensors, resolve_device, resolve_dtype,
-                         set_threads, write_json)
+from pipsteps.compute import ComputeConfig
+from pipsteps.io import (PipError, Timer, atomic_path, load_model, model_devices, open_safetensors, resolve_device,
+                         resolve_dtype, set_threads, write_json)
 
 log = logging.getLogger("pipsteps.gradients")
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
-class GradConfig:
+class GradConfig(ComputeConfig):
     round: int = field(default=1, metadata={"help": "pruning round (for messages and metadata)"})
     view: str = field(default="clean", metadata={"help": "calibration view name (for messages and metadata)"})
     micro_batch: int = field(default=4, metadata={"help": "samples per forward/backward pass"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bf16 on GPU, fp32 on CPU) or explicit"})
     save_dtype: str = field(default="float32", metadata={"help": "stored gradient dtype (float32 or bfloat16)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    lean: bool = field(default=True, metadata={"help": "sum gradients per parameter in fp32 host memory as backward "
+                                                       "produces them (false: fp32 accumulator on the device)"})
+    checkpointing: bool = field(default=False, metadata={"help": "recompute decoder-layer activations in backward"})
 
 
 def load_ids(path: Path) -> torch.Tensor:
@@ -53,27 +61,83 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+@contextlib.contextmanager
+def activation_checkpointing(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Recompute each decoder layer's activations in backward. HF checkpoints only layers in training mode, so
+    only the layer modules themselves are flagged as training: their attention/MLP submodules stay in eval mode
+    (no dropout), and everything is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers or not getattr(model, "supports_gradient_checkpointing", False):
+        raise PipError(f"{type(model).__name__} does not support activation checkpointing (compute.grad_checkpointing)")
+    was_training = [m.training for m in layers]
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for m in layers:
+        m.training = True  # not .train(): that would switch the submodules' dropout on too
+    try:
+        yield
+    finally:
+        for m, t in zip(layers, was_training):
+            m.training = t
+        model.activation_checkpointing_disable()
+        model.disable_input_require_grads()
+
+
 def collect(model: torch.nn.Module, ids: torch.Tensor, cfg: GradConfig) -> tuple[dict[str, torch.Tensor], float]:
-    """Return ({param name: fp32 mean-loss gradient} for decoder-layer params, mean loss)."""
+    """Return ({param name: fp32 mean-loss gradient} for decoder-layer params, mean loss).
+
+    Plain path: an fp32 accumulator beside each parameter, added to after each micro-batch's backward. Lean path:
+    a hook adds each parameter's gradient into an fp32 host tensor as soon as backward has produced it and frees
+    it, so the device never holds a whole gradient. Both add the same tensors in the same order.
+    """
     device = next(model.parameters()).device
     params = {n: p for n, p in model.named_parameters() if layer_of(n) is not None}
     for n, p in model.named_parameters():
         p.requires_grad_(n in params)
-    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    acc: dict[str, torch.Tensor] = {}
+    if not cfg.lean:
+        acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+
+    def to_host(name: str) -> Callable[[torch.Tensor], None]:
+        def hook(p: torch.Tensor) -> None:
+            g = p.grad.to("cpu", torch.float32)
+            p.grad = None
+            if name in acc:
+                acc[name] += g
+            else:  # first micro-batch: 0 + g == g, so the sum is the plain path's. g is ours alone (p.grad is None)
+                acc[name] = g
+        return hook
+
+    hooks = [p.register_post_accumulate_grad_hook(to_host(name)) for name, p in params.items()] if cfg.lean else []
     n, total = ids.shape[0], 0.0
     batches = list(torch.split(ids, cfg.micro_batch))
-    for b, x in enumerate(tqdm(batches, desc=f"grads r{cfg.round} {cfg.view}", unit="batch")):
-        x = x.to(device)
-        loss = model(input_ids=x, labels=x, use_cache=False).loss  # mean over the batch's tokens
-        if not torch.isfinite(loss):
-            raise PipError(f"non-finite loss ({loss.item()}) in round {cfg.round}, view {cfg.view}, micro-batch {b}"
-                           " — try dtype float32 (fp16 overflows easily)")
-        (loss * (x.shape[0] / n)).backward()  # equal-length samples: batch mean × weight = mean over samples
-        total += loss.item() * x.shape[0] / n
-        for name, p in params.items():
-            acc[name] += p.grad.float()
+    try:
+        with activation_checkpointing(model, cfg.checkpointing):
+            for b, x in enumerate(tqdm(batches, desc=f"grads r{cfg.round} {cfg.view}", unit="batch")):
+                x = x.to(device)
+                loss = model(input_ids=x, labels=x, use_cache=False).loss  # mean over the batch's tokens
+                if not torch.isfinite(loss):
+                    raise PipError(f"non-finite loss ({loss.item()}) in round {cfg.round}, view {cfg.view}, "
+                                   f"micro-batch {b} — try dtype float32 (fp16 overflows easily)")
+                (loss * (x.shape[0] / n)).backward()  # equal-length samples: batch mean × weight = mean over samples
+                total += loss.item() * x.shape[0] / n
+                if not cfg.lean:
+                    for name, p in params.items():
+                        acc[name] += p.grad.float()
+                        p.grad = None
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in params.values():
             p.grad = None
-    return acc, total
+    missing = [name for name in params if name not in acc]
+    if missing:  # a parameter that does not reach the loss: zero gradient, as in the plain path
+        acc.update({name: torch.zeros(params[name].shape, dtype=torch.float32) for name in missing})
+    return {name: acc[name] for name in params}, total
 
 
 def check_finite(grads: dict[str, torch.Tensor], cfg: GradConfig) -> list[int]:
@@ -96,9 +160,9 @@ def layer_norms(grads: dict[str, torch.Tensor]) -> list[float]:
 
 def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path) -> dict[str, Any]:
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
     with Timer() as t:
-        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device))
+        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
         ids = load_ids(calib)
         grads, loss = collect(model, ids, cfg)
         zero = check_finite(grads, cfg)
@@ -111,7 +175,7 @@ def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path) -> dict[str, A
     log.info("round %d view %s: loss %.4f, %d tensors in %.1fs", cfg.round, cfg.view, loss, len(grads), t.seconds)
     return {"loss": loss, "grad_norm_per_layer": layer_norms(grads), "zero_grad_layers": zero,
             "n_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "wall_s": t.seconds,
-            "peak_mem_mb": t.peak_mem_mb, "device": str(device)}
+            "peak_mem_mb": t.peak_mem_mb, "device": str(device), "devices": model_devices(model)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,12 +40,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %s requested but CUDA is not available; falling back to CPU", device)
+def cuda_status() -> str:
+    """Why there is (no) CUDA here, for messages: torch build and the visible devices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"torch {torch.__version__} built with CUDA {torch.version.cuda or 'none'}, "
+            f"CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}")
+
+
+def resolve_device(device: str = "auto", require_gpu: bool = False) -> torch.device:
+    """`auto` = the first CUDA device when there is one. Without CUDA a GPU step falls back to the CPU with a
+    warning, or fails with one line when `require_gpu` (compute.require_gpu) is set."""
+    if device.startswith("cuda") or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda" if device == "auto" else device)
+        if require_gpu:
+            raise PipError(f"compute.require_gpu is true but CUDA is not available ({cuda_status()}); run on a GPU "
+                           "node or set compute.require_gpu: false to fall back to the CPU")
+        log.warning("no CUDA device (%s): running on the CPU (compute.device %s); set compute.require_gpu: true to "
+                    "fail instead", cuda_status(), device)
         return torch.device("cpu")
+    if require_gpu:
+        raise PipError(f"compute.require_gpu is true but compute.device is {device!r}")
     return torch.device(device)
 
 
@@ -106,6 +121,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_utf8(path: Path, source: str, missing: str = "text file not found") -> str:
+    """The text of a local input file, or one line naming it: missing, or not UTF-8 (with the bad byte)."""
+    if not path.is_file():
+        raise PipError(f"{missing}: {source}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PipError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -129,11 +154,24 @@ def _json_default(o: Any) -> Any:
 
 
 # ---------------------------------------------------------------- models
-def load_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype | None = None):
-    """Load a (possibly pruned) model directory written by this project. Never unpickles."""
+def load_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype | None = None,
+               device_map: str | None = None):
+    """Load a (possibly pruned) model directory written by this project. Never unpickles.
+
+    `device_map` (auto, balanced, sequential, …) shards the layers over the GPUs of the node instead of putting
+    the whole model on `device`; it is ignored, with a warning, when `device` is the CPU.
+    """
     from pipsteps.surgery import load_pruned
 
-    return load_pruned(path, device=device, dtype=dtype)
+    if device_map and torch.device(device).type != "cuda":
+        log.warning("compute.device_map=%s ignored: the model runs on the CPU", device_map)
+        device_map = None
+    return load_pruned(path, device=device, dtype=dtype, device_map=device_map)
+
+
+def model_devices(model: torch.nn.Module) -> list[str]:
+    """The devices holding the model's parameters (several with a device_map)."""
+    return sorted({str(p.device) for p in model.parameters()})
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -163,8 +201,8 @@ class Timer:
 
     def __enter__(self) -> "Timer":
         self.start = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -173,8 +211,9 @@ class Timer:
 
 
 def peak_memory_mb() -> float:
+    """CUDA: the largest peak allocation of any one GPU (what must fit per GPU); CPU: the process's max RSS."""
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+        return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

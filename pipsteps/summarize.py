@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipsteps import cli
+from pipsteps.efficiency import summary_columns as efficiency_columns
 from pipsteps.io import read_json, write_text
 
 log = logging.getLogger("pipsteps.summarize")
+RECOVERED = "/recovered"  # stage suffix of a LoRA-recovered variant (pipsteps.recover)
+TASKS_NOTE = (" zs_ columns are 0-shot lm-eval accuracies: acc_norm for hellaswag, arc_easy, arc_challenge, "
+              "openbookqa, piqa, acc for boolq, winogrande; zs_avg is their mean.")
+EFFICIENCY_NOTE = (" prefill_ms@bsB / decode_tok_s@bsB / peak_mem_mb: efficiency.json (batch B, median); the dense row "
+                   "is the dense model measured in the first variant's job.")
 
 
 def grads_json(results: Path, stage: str, r: int, view: str) -> Path:
@@ -23,7 +29,33 @@ def grads_json(results: Path, stage: str, r: int, view: str) -> Path:
     return results / where / f"grads_{view}.json"
 
 
-def stage_row(results: Path, stage: str) -> dict[str, Any]:
+def task_columns(results: Path, stage: str) -> dict[str, Any]:
+    """Zero-shot columns: zs_<task> = the task's headline accuracy (acc_norm or acc, see tasks.json), zs_avg."""
+    zs = read_json(results / stage / "eval" / "tasks.json")
+    cols = {f"zs_{t}": _round(r["headline"]) for t, r in zs["tasks"].items()}
+    return cols | {"zs_avg": _round(zs["average"]["value"])}
+
+
+def kept_compact(kept: list[dict[str, int]] | None) -> str:
+    """Width variants: kept query heads/MLP channels per layer in original layer order, a run of n equal layers
+    written once as `heads/channels×n` (`4/128×2 2/96`); depth variants: `-`."""
+    if not kept:
+        return "-"
+    runs: list[list] = []
+    for k in kept:
+        cell = f"{k['heads']}/{k['channels']}"
+        if runs and runs[-1][0] == cell:
+            runs[-1][1] += 1
+        else:
+            runs.append([cell, 1])
+    return " ".join(cell if n == 1 else f"{cell}×{n}" for cell, n in runs)
+
+
+def _round(v: float | None) -> float | str:
+    return "-" if v is None else round(v, 4)
+
+
+def stage_row(results: Path, stage: str, with_tasks: bool = False, eff_ref: str | None = None) -> dict[str, Any]:
     ev = read_json(results / stage / "eval" / "metrics.json")
     row: dict[str, Any] = {"stage": "dense" if stage == "base" else stage, "method": "-", "score": "-",
                            "layers": ev["num_layers"], "params": ev["params_total"],
@@ -31,22 +63,41 @@ def stage_row(results: Path, stage: str) -> dict[str, Any]:
     for ds, by_len in ev["ppl"].items():
         for L, v in by_len.items():
             row[f"ppl_{ds}@{L}"] = round(v, 3)
-    row.update(ratio=0.0, removed_layers="-", grads_s=0.0, prune_s=0.0, eval_s=round(ev["wall_s"], 1))
+    if with_tasks:
+        row.update(task_columns(results, stage))
+    if eff_ref and not stage.endswith(RECOVERED):  # dense: measured beside the first variant, in the same job
+        eff = read_json(results / (eff_ref if stage == "base" else stage) / "eval" / "efficiency.json")
+        row.update(efficiency_columns(eff["dense" if stage == "base" else "pruned"]))
+    row.update({"ratio": 0.0, "removed_layers": "-", "kept_heads/channels": "-", "grads_s": 0.0, "prune_s": 0.0,
+                "prune_peak_mb": 0.0, "eval_s": round(ev["wall_s"], 1)})
+    if with_tasks:
+        row["tasks_s"] = round(read_json(results / stage / "eval" / "tasks.json")["wall_s"], 1)
     if stage != "base":
-        plan = read_json(results / stage / "plan.json")
-        rounds = [read_json(results / stage / f"round_{r}" / "round.json") for r in range(1, plan["rounds"] + 1)]
+        variant = stage.removesuffix(RECOVERED)  # a recovered stage reports its variant's pruning, plus recovery
+        plan = read_json(results / variant / "plan.json")
+        rounds = [read_json(results / variant / f"round_{r}" / "round.json") for r in range(1, plan["rounds"] + 1)]
         last = rounds[-1]
-        grads = [read_json(p) for r in range(1, plan["rounds"] + 1) for v in ("clean", "perturbed")
-                 if (p := grads_json(results, stage, r, v)).exists() and last["score"] != "random"]
-        row.update(method=last["method"], score=last["score"], ratio=round(last["achieved_ratio"], 4),
-                   removed_layers=" ".join(str(i) for i in last["removed_layers_so_far"]),
-                   grads_s=round(sum(g["wall_s"] for g in grads), 1),
-                   prune_s=round(sum(r["wall_s"] for r in rounds), 1))
+        scoring = [read_json(p) for rd in rounds for v in rd.get("views", ("clean", "perturbed"))
+                   if (p := grads_json(results, variant, rd["round"], v)).exists() and last["score"] != "random"]
+        if last["score"] == "block_influence":
+            scoring.append(read_json(results / "base" / "block_influence.json"))
+        row.update({"method": last["method"], "score": last["score"], "ratio": round(last["achieved_ratio"], 4),
+                    "removed_layers": " ".join(str(i) for i in last["removed_layers_so_far"]) or "-",
+                    "kept_heads/channels": kept_compact(last.get("kept")),
+                    "grads_s": round(sum(g["wall_s"] for g in scoring), 1),
+                    "prune_s": round(sum(r["wall_s"] for r in rounds), 1),
+                    "prune_peak_mb": round(max(x.get("peak_mem_mb", 0.0) for x in [*rounds, *scoring]), 1)})
+    if stage.endswith(RECOVERED):
+        rec = read_json(results / stage / "recovery.json")
+        row.update(recover_steps=rec["total_steps"], recover_val_loss=round(rec["best_val_loss"], 4),
+                   recover_s=round(rec["wall_s"], 1))
     return row
 
 
-def run(results: Path, stages: list[str]) -> tuple[str, str]:
-    rows = [stage_row(results, s) for s in stages]
+def run(results: Path, stages: list[str], with_tasks: bool = False,
+        with_efficiency: bool = False) -> tuple[str, str]:
+    eff_ref = next((s for s in stages if s != "base" and not s.endswith(RECOVERED)), None) if with_efficiency else None
+    rows = [stage_row(results, s, with_tasks, eff_ref) for s in stages]
     cols = list(dict.fromkeys(k for r in rows for k in r))
     tsv = "\t".join(cols) + "\n" + "".join("\t".join(str(r.get(c, "")) for c in cols) + "\n" for r in rows)
     prep, calib = read_json(results / "base" / "model.json"), read_json(results / "calibration" / "calibration.json")
@@ -54,7 +105,11 @@ def run(results: Path, stages: list[str]) -> tuple[str, str]:
           f"Model `{prep['source']}` ({prep['num_layers']} layers, {prep['params_total'] / 1e6:.2f}M params); "
           f"calibration {calib['n_samples']} × {calib['seq_len']} tokens, achieved edit rate "
           f"{calib['edit_rate']:.3f}. PPL columns are `dataset@chunk length`; removed layers use original indices "
-          "in removal order; times are wall seconds.", "",
+          "in removal order; kept_heads/channels lists the kept query heads/MLP channels per layer of width variants "
+          "(×n = n equal layers in a row); grads_s is the scoring steps (gradients, or block influence), the "
+          "shared dense step counted in every variant that uses it; times are wall seconds, prune_peak_mb the "
+          "largest peak memory of the variant's pruning and scoring jobs." + (TASKS_NOTE if with_tasks else "")
+          + (EFFICIENCY_NOTE if eff_ref else ""), "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     md += ["", f"Shared steps: prepare_model {prep['wall_s']:.1f} s, calibration {calib['wall_s']:.1f} s.", ""]
@@ -65,10 +120,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory")
     p.add_argument("--stages", nargs="+", required=True, help="base and the variant stages (unit/method/rRATIO)")
+    p.add_argument("--with-tasks", action="store_true", help="add the zero-shot columns (results/STAGE/eval/tasks.json)")
+    p.add_argument("--with-efficiency", action="store_true",
+                   help="add the latency / throughput / memory columns (results/VARIANT/eval/efficiency.json)")
     p.add_argument("--tsv", required=True, type=Path)
     p.add_argument("--md", required=True, type=Path)
     ns = p.parse_args(argv)
-    tsv, md = run(ns.results, ns.stages)
+    tsv, md = run(ns.results, ns.stages, ns.with_tasks, ns.with_efficiency)
     write_text(ns.tsv, tsv)
     write_text(ns.md, md)
     print(md)

@@ -4,6 +4,12 @@ A pruned model directory is a normal Hugging Face directory (safetensors, tokeni
 `pruning_manifest.json`. Depth pruning keeps every layer's shape, so its config is a stock config with fewer
 layers and plain `AutoModelForCausalLM.from_pretrained` loads it; `load_pruned` additionally checks the manifest
 against the weights. Nothing is ever unpickled.
+
+Width pruning (pipsteps.width) adds a `width` entry to the manifest: the original shapes (`base`) and, per kept
+layer, the original indices of the kept query heads, KV heads and MLP channels. When every layer has the same
+shape and the config class accepts it, config.json is a stock config with those shapes (`"config": "stock"`);
+otherwise it is the original config (`"config": "base"`) and only `load_pruned` can rebuild the model: it builds it
+from the config on the meta device, slices it per the manifest and loads the safetensors strictly.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ import torch
 from torch import nn
 
 from pipsteps.io import PipError, atomic_path
+from pipsteps.width import apply_manifest, check_shapes, saved_config
 
 log = logging.getLogger("pipsteps.surgery")
 MANIFEST = "pruning_manifest.json"
@@ -67,15 +75,31 @@ def save_pruned(model: nn.Module, tokenizer: Any, out: str | os.PathLike, manife
     if len(manifest["kept_layers"]) != len(decoder_layers(model)):
         raise PipError("manifest does not match the model: kept_layers has "
                        f"{len(manifest['kept_layers'])} entries, model has {len(decoder_layers(model))} layers")
+    if "width" in manifest:
+        check_shapes(model, manifest["width"])
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
+        if "width" in manifest:  # replace the in-memory config: stock shapes, or the original ones + manifest
+            config, kind = saved_config(model.config, manifest["width"])
+            config.save_pretrained(tmp)
+            manifest = {**manifest, "config": kind}
         tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(_dumps(manifest))
+
+
+def _dumps(manifest: dict[str, Any]) -> str:
+    """Indented JSON with every list of integers on one line (kept channels run into the thousands)."""
+    text = json.dumps(manifest, indent=2)
+    return re.sub(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
 def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                attn_implementation: str | None = None) -> nn.Module:
-    """Load a model directory written by this project (dense or pruned) from safetensors only."""
+                attn_implementation: str | None = None, device_map: str | dict | None = None) -> nn.Module:
+    """Load a model directory written by this project (dense or pruned) from safetensors only.
+
+    With `device_map` (passed to from_pretrained: "auto", "balanced", "sequential" or a dict), accelerate places
+    the layers over the available devices and `device` is not used."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -88,11 +112,15 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", dty
     if n_config != len(manifest["kept_layers"]):
         raise PipError(f"{path / MANIFEST} does not match the model: it keeps {len(manifest['kept_layers'])} layers, "
                        f"config.json has {n_config}")
+    if "width" in manifest:
+        return _load_width(path, manifest, device, dtype, attn_implementation, device_map)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except Exception as e:
@@ -100,4 +128,54 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", dty
     if len(decoder_layers(model)) != len(manifest["kept_layers"]):
         raise PipError(f"{path / MANIFEST} lists {len(manifest['kept_layers'])} kept layers but the weights have "
                        f"{len(decoder_layers(model))}")
-    return model.to(device).eval()
+    return (model if device_map is not None else model.to(device)).eval()
+
+
+def _load_width(path: Path, manifest: dict[str, Any], device: torch.device | str, dtype: torch.dtype | None,
+                attn_implementation: str | None, device_map: str | dict | None) -> nn.Module:
+    """Width-pruned weights: build the model from config.json on the meta device, slice it to the manifest's
+    per-layer shapes, load the safetensors strictly (tied weights re-tied) and check that nothing stayed empty."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) are computed for real
+            model = AutoModelForCausalLM.from_config(config, **kwargs)
+    except Exception as e:
+        raise PipError(f"could not build a model from {path / 'config.json'}: {type(e).__name__}: "
+                       f"{str(e).splitlines()[0]}") from None
+    try:
+        apply_manifest(model, manifest["width"])
+    except PipError as e:
+        raise PipError(f"{path / MANIFEST} does not match {path / 'config.json'}: {e}") from None
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # size mismatch
+        raise PipError(f"{path / MANIFEST} does not match the weights: {str(e).splitlines()[-1].strip()}") from None
+    missing = sorted(set(missing) - set(getattr(model, "all_tied_weights_keys", None) or {}))
+    if missing or unexpected:
+        raise PipError(f"{path / MANIFEST} does not match the weights: missing {missing[:3]}, "
+                       f"unexpected {sorted(unexpected)[:3]}")
+    model.tie_weights()
+    if dtype is not None:
+        model.config.dtype = dtype
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise PipError(f"{path}: no weights for {empty[:3]}")
+    if (path / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    if device_map is None:
+        return model.to(device).eval()
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map=device_map).eval()

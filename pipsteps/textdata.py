@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from pipsteps.io import PipError
+from pipsteps.io import PipError, read_utf8
 
 EMBEDDED = ("embedded:calibration", "embedded:heldout")
 
@@ -59,12 +59,7 @@ def read_rows(source: str, *, text_field: str = "text", fmt: str = "lines", data
         return embedded_paragraphs(source.split(":", 1)[1])
     path = Path(source).expanduser()
     if path.suffix in (".txt", ".jsonl", ".json") or path.exists() or source.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise PipError(f"text file not found: {source}")
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise PipError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raw = read_utf8(path, source)
         if path.suffix == ".jsonl":
             return _jsonl_rows(raw, source, text_field)
         if fmt == "wikitext":

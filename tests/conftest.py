@@ -25,6 +25,17 @@ def tiny_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smol(tmp_path_factory) -> tuple[Path, dict]:
+    """The embedded SmolLM2-135M prepared once per session (about 30 s): (directory holding `model/`, prepare info).
+    Tests read `model/` and write only their own files beside it."""
+    from pipsteps.prepare_model import PrepareConfig, run
+
+    d = tmp_path_factory.mktemp("smol")
+    info = run(PrepareConfig(source="embedded:smollm2"), d / "model")
+    return d, info
+
+
 E2E = REPO / "tests" / "e2e" / "config.yaml"
 
 

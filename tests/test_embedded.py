@@ -18,19 +18,10 @@ from pipsteps.gradients import run as gradients
 from pipsteps.io import load_model
 from pipsteps.plan import PlanConfig
 from pipsteps.plan import run as plan
-from pipsteps.prepare_model import PrepareConfig
-from pipsteps.prepare_model import run as prepare
 from pipsteps.prune import PruneConfig
 from pipsteps.prune import run as prune
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smol(tmp_path_factory):
-    d = tmp_path_factory.mktemp("smol")
-    info = prepare(PrepareConfig(source="embedded:smollm2"), d / "model")
-    return d, info
 
 
 def test_prepared_model_is_plain_fast_loading_safetensors(smol):

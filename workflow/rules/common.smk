@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from pipsteps.config import ConfigError, check_config
+from pipsteps.zeroshot_tasks import check_tasks_config, local_inputs, resolve_files
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 try:
@@ -17,17 +18,32 @@ except ConfigError as e:
 validate(config, SCHEMA)  # fills in the schema defaults
 
 
+# a variant is {unit}/{method}/r{ratio}; random_sN is the random method with seed N (prune.grid.seeds)
+UNIT_RE = "depth|width"
+METHOD_RE = r"pip|pip_oneshot|taylor|magnitude|block_influence|random(?:_s\d+)?"
+VARIANT_RE = rf"(?:{UNIT_RE})/(?:{METHOD_RE})/r0\.\d+"
+
+
 wildcard_constraints:
-    unit="depth",
-    method="[a-z_]+",
+    unit=UNIT_RE,
+    method=METHOD_RE,
     ratio=r"0\.\d+",
     round=r"\d+",
     view="clean|perturbed",
-    where=r"base|depth/[a-z_]+/r0\.\d+/round_\d+",
-    stage=r"base|depth/[a-z_]+/r0\.\d+",
+    where=rf"{VARIANT_RE}/round_\d+",  # round r ≥ 2 gradients; the dense ones have no where wildcard
+    stage=rf"base|{VARIANT_RE}(/recovered)?",
 
 
-GRAD_METHODS = {"pip": ("clean", "perturbed"), "taylor": ("clean",), "magnitude": (), "random": ()}
+# gradient views each method's scores read (block_influence: a forward-only step, rule block_influence)
+GRAD_METHODS = {
+    "pip": ("clean", "perturbed"),
+    "pip_oneshot": ("clean", "perturbed"),
+    "taylor": ("clean",),
+    "magnitude": (),
+    "random": (),
+    "block_influence": (),
+}
+DEPTH_ONLY = ("block_influence",)
 
 
 def _is_local(source):
@@ -66,10 +82,58 @@ def fmt_ratio(r):
 
 
 def variants():
-    """Stage names unit/method/rRATIO of every pruned variant: the main method first, then the baselines."""
+    """Stage names unit/method/rRATIO of every pruned variant. Without prune.grid: the main method first, then
+    the baselines. With it: units × ratios × methods (each list defaults to the main keys), random once per
+    grid seed (random_sN), depth-only methods skipped for width."""
     p = config["prune"]
-    methods = list(dict.fromkeys([p["method"], *p["baselines"]]))
-    return [f"{p['unit']}/{m}/r{fmt_ratio(p['target_ratio'])}" for m in methods]
+    grid = p.get("grid") or {}
+    units = grid.get("units") or [p["unit"]]
+    ratios = grid.get("ratios") or [p["target_ratio"]]
+    methods = list(dict.fromkeys(grid.get("methods") or [p["method"], *p["baselines"]]))
+    seeds = grid.get("seeds")
+    if seeds:
+        methods = [
+            x for m in methods for x in ([f"random_s{s}" for s in seeds] if m == "random" else [m])
+        ]
+    return list(
+        dict.fromkeys(
+            f"{u}/{m}/r{fmt_ratio(r)}"
+            for u in units
+            for r in ratios
+            for m in methods
+            if not (u != "depth" and m in DEPTH_ONLY)
+        )
+    )
+
+
+def method_of(method):
+    """The method of a method wildcard: random_sN -> random."""
+    return re.sub(r"_s\d+$", "", method)
+
+
+def variant_seed(wildcards):
+    """Seed N of random_sN variants, prune.seed of random; 0 for the deterministic methods (so prune.seed reruns
+    only the random variants)."""
+    m = re.fullmatch(r"random_s(\d+)", wildcards.method)
+    if m:
+        return int(m.group(1))
+    return config["prune"]["seed"] if wildcards.method == "random" else 0
+
+
+def plan_flags(wildcards):
+    """Only the keys of the variant's unit, so that a width setting does not rerun the depth plans (and back)."""
+    p = config["prune"]
+    common = f"--protect-first {p['protect_first']} --protect-last {p['protect_last']}"
+    if wildcards.unit == "width":
+        return f"--rounds {p['width_rounds']} --ranking {p['ranking']} {common}"
+    return f"--layers-per-round {p['layers_per_round']} {common}"
+
+
+def first_rounds():
+    """Round 1 of every variant, as static inputs of the summary: every consumer of the dense gradients and of
+    the block influence is in the DAG from the start, before any plan checkpoint has finished, so a dry run
+    already lists those shared jobs once, next to every variant's first round."""
+    return expand("results/{stage}/round_1/round.json", stage=variants())
 
 
 def n_rounds(stage):
@@ -96,38 +160,94 @@ def grads_dir(wildcards):
 
 
 def round_grads(wildcards):
-    return {
-        view: f"{grads_dir(wildcards)}/grads_{view}.safetensors"
-        for view in GRAD_METHODS[wildcards.method]
+    """The gradient files (and, for block_influence, the dense model's block influence) a round's scores read."""
+    method = method_of(wildcards.method)
+    files = {
+        view: f"{grads_dir(wildcards)}/grads_{view}.safetensors" for view in GRAD_METHODS[method]
     }
+    if method == "block_influence":
+        files["influence"] = "results/base/block_influence.json"
+    return files
 
 
 def grads_flags(wildcards, input):
-    return " ".join(f"--{view} {input[view]}" for view in GRAD_METHODS[wildcards.method])
+    keys = [*GRAD_METHODS[method_of(wildcards.method)], "influence"]
+    return " ".join(f"--{key} {input[key]}" for key in keys if key in input.keys())
 
 
 def prune_score(wildcards):
-    """Only the PIP variants depend on prune.score (so changing it does not rerun the baselines)."""
-    return config["prune"]["score"] if wildcards.method == "pip" else "none"
+    """Only the PIP variants depend on their unit's score (prune.score for depth, prune.width_score for width),
+    so changing one does not rerun the baselines or the other unit."""
+    if method_of(wildcards.method) not in ("pip", "pip_oneshot"):
+        return "none"
+    return config["prune"]["width_score" if wildcards.unit == "width" else "score"]
 
 
 def grad_model(wildcards):
-    """The model whose gradients are taken: the dense one (base) or the model before round r."""
-    if wildcards.where == "base":
+    """The model whose gradients are taken: the dense one (rule collect_gradients, which has no `where`
+    wildcard) or the model before round r (rule collect_round_gradients)."""
+    where = wildcards.get("where", "base")
+    if where == "base":
         return "results/base/model"
-    stage, r = re.fullmatch(r"(.+)/round_(\d+)", wildcards.where).groups()
+    stage, r = re.fullmatch(r"(.+)/round_(\d+)", where).groups()
     return f"results/{stage}/round_{int(r) - 1}/model"
 
 
 def grad_round(wildcards):
-    return 1 if wildcards.where == "base" else int(wildcards.where.rsplit("_", 1)[1])
+    where = wildcards.get("where", "base")
+    return 1 if where == "base" else int(where.rsplit("_", 1)[1])
 
 
 def stage_model(wildcards):
-    """The model a stage evaluates: dense (base) or a variant's last round."""
+    """The model a stage evaluates: dense (base), a variant's last round, or its LoRA-recovered model."""
     if wildcards.stage == "base":
         return "results/base/model"
+    if os.path.basename(wildcards.stage) == "recovered":
+        return f"results/{wildcards.stage}/model"
     return f"results/{wildcards.stage}/round_{n_rounds(wildcards.stage)}/model"
+
+
+# ---------------------------------------------------------------- LoRA recovery (recovery.*, rule recover_lora)
+def recovery_enabled():
+    return config["recovery"]["enabled"]
+
+
+def recovered_stages():
+    """The recovered stage unit/method/rRATIO/recovered of every variant, when recovery is enabled."""
+    return [f"{v}/recovered" for v in variants()] if recovery_enabled() else []
+
+
+def all_stages():
+    """Every evaluated stage: dense, then each variant followed by its recovered model (recovery.enabled)."""
+    stages = ["base"]
+    for v in variants():
+        stages += [v, f"{v}/recovered"] if recovery_enabled() else [v]
+    return stages
+
+
+def recovered_task_outputs():
+    """tasks.json of the recovered stages when both recovery and the zero-shot tasks are enabled."""
+    if not (recovery_enabled() and config["eval"].get("tasks", {}).get("enabled")):
+        return []
+    return expand("results/{stage}/eval/tasks.json", stage=recovered_stages())
+
+
+def final_round_model(wildcards):
+    """The model LoRA recovers: the variant's last pruning round."""
+    stage = f"{wildcards.unit}/{wildcards.method}/r{wildcards.ratio}"
+    return f"results/{stage}/round_{n_rounds(stage)}/model"
+
+
+def _check_recovery():
+    """Fail at parse time on a missing local recovery file (empty source and batch sizes: check_combinations)."""
+    src = config["recovery"]["source"].strip() if recovery_enabled() else ""
+    if (_is_local(src) or src.endswith((".txt", ".json", ".jsonl"))) and not Path(
+        src
+    ).expanduser().is_file():
+        raise WorkflowError(f"recovery.source: file not found: {src}")
+
+
+_check_recovery()
 
 
 def maybe_temp(path):
@@ -136,3 +256,80 @@ def maybe_temp(path):
 
 def eval_datasets_json():
     return json.dumps(config["eval"]["datasets"], separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- zero-shot tasks (eval.tasks, rule evaluate_tasks)
+def tasks_cfg():
+    return config["eval"]["tasks"]
+
+
+def task_files():
+    """Task -> local file for the tasks read offline (explicit files entries, else data_dir's standard files)."""
+    t = tasks_cfg()
+    return {k: str(v) for k, v in resolve_files(t["names"], t["files"], t["data_dir"]).items()}
+
+
+def _check_task_files():
+    """Fail at parse time on a zero-shot setup that cannot run (only when enabled): limit
+    keys, missing local files or fields, unknown task names (check_tasks_config)."""
+    if not tasks_cfg()["enabled"]:
+        return
+    try:
+        check_tasks_config(tasks_cfg())
+    except Exception as e:
+        from pipsteps.io import PipError  # imports torch: only on this error path
+
+        if isinstance(e, PipError):
+            raise WorkflowError(str(e))
+        raise
+
+
+_check_task_files()
+
+
+def zeroshot_outputs():
+    """Every stage's tasks.json when the zero-shot tasks are enabled (summarize consumes them), else none."""
+    if not tasks_cfg()["enabled"]:
+        return []
+    return expand("results/{stage}/eval/tasks.json", stage=["base", *variants()])
+
+
+def tasks_limit_json():
+    return json.dumps(tasks_cfg()["limit"], separators=(",", ":"))
+
+
+def task_files_json():
+    return json.dumps(task_files(), separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- MLflow (mlflow.*, rule track_mlflow)
+def tracking_uri():
+    """The configured server, or MLflow's zero-set-up default: sqlite:///mlflow.db in the working directory."""
+    return config["mlflow"]["tracking_uri"] or "sqlite:///mlflow.db"
+
+
+def tracking_experiment():
+    return config["mlflow"]["experiment"] or config["experiment"]
+
+
+def tracking_targets():
+    return ["results/mlflow/tracking.json"] if config["mlflow"]["enabled"] else []
+
+
+# ---------------------------------------------------------------- efficiency, plots, report (rules in efficiency.smk, report.smk)
+def efficiency_cfg():
+    return config["eval"]["efficiency"]
+
+
+def efficiency_outputs():
+    """efficiency.json of every pruned variant (the dense model is measured beside it, in the same job)."""
+    if not efficiency_cfg()["enabled"]:
+        return []
+    return expand("results/{stage}/eval/efficiency.json", stage=variants())
+
+
+def plot_targets():
+    """The PNGs the default target builds: the run plots, plus the latency plot with eval.efficiency."""
+    pngs = ["layer_scores", "removed_layers", "metric_vs_ratio"]
+    pngs += ["latency"] if efficiency_cfg()["enabled"] else []
+    return expand("results/plots/{name}.png", name=pngs)

@@ -22,8 +22,11 @@ rule evaluate_ppl:
         batch_tokens=lookup(dpath="eval/batch_tokens", within=config),
         device=lookup(dpath="compute/device", within=config),
         dtype=lookup(dpath="compute/dtype", within=config),
+        device_map=lookup(dpath="compute/device_map", within=config),
+        require_gpu=lookup(dpath="compute/require_gpu", within=config),
     shell:
         "python -m pipsteps.evaluate --datasets {params.datasets:q} --seq-lens {params.seq_lens}"
         " --max-tokens {params.max_tokens} --batch-tokens {params.batch_tokens}"
         " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
         " --model {input.model} --stage {wildcards.stage} --metrics {output.metrics} > {log} 2>&1"

@@ -1,15 +1,18 @@
+# The dense model's gradients (round 1 of every variant) are kept, whatever gradients.keep says: every
+# gradient-based variant of the grid reads them. A temporary file would be recomputed whenever one variant
+# reruns, and Snakemake would then rerun every variant that read it. Later rounds: collect_round_gradients.
 rule collect_gradients:
     input:
         model=grad_model,
         calib="results/calibration/{view}.safetensors",
         code=step_code("gradients"),
     output:
-        grads=maybe_temp("results/{where}/grads_{view}.safetensors"),
-        metrics="results/{where}/grads_{view}.json",
+        grads="results/base/grads_{view}.safetensors",
+        metrics="results/base/grads_{view}.json",
     log:
-        "logs/collect_gradients/{where}/{view}.log",
+        "logs/collect_gradients/base/{view}.log",
     benchmark:
-        "benchmarks/collect_gradients/{where}/{view}.tsv"
+        "benchmarks/collect_gradients/base/{view}.tsv"
     conda:
         "../../envs/pipsteps.yaml"
     threads: 2
@@ -23,9 +26,26 @@ rule collect_gradients:
         save_dtype=lookup(dpath="gradients/save_dtype", within=config),
         device=lookup(dpath="compute/device", within=config),
         dtype=lookup(dpath="compute/dtype", within=config),
+        lean=lookup(dpath="compute/lean_grads", within=config),
+        checkpointing=lookup(dpath="compute/grad_checkpointing", within=config),
+        device_map=lookup(dpath="compute/device_map", within=config),
+        require_gpu=lookup(dpath="compute/require_gpu", within=config),
     shell:
         "python -m pipsteps.gradients --round {params.round} --view {wildcards.view}"
         " --micro-batch {params.micro_batch} --save-dtype {params.save_dtype}"
         " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        " --lean {params.lean} --checkpointing {params.checkpointing}"
+        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
         " --model {input.model} --calib {input.calib}"
         " --out {output.grads} --metrics {output.metrics} > {log} 2>&1"
+
+
+# Gradients of round r ≥ 2 of one variant (the model of round r-1): temporary unless gradients.keep.
+use rule collect_gradients as collect_round_gradients with:
+    output:
+        grads=maybe_temp("results/{where}/grads_{view}.safetensors"),
+        metrics="results/{where}/grads_{view}.json",
+    log:
+        "logs/collect_round_gradients/{where}/{view}.log",
+    benchmark:
+        "benchmarks/collect_round_gradients/{where}/{view}.tsv"

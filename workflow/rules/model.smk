@@ -40,11 +40,8 @@ checkpoint plan_rounds:
         mem_mb=16000,
         runtime="10m",
     params:
-        per_round=lookup(dpath="prune/layers_per_round", within=config),
-        first=lookup(dpath="prune/protect_first", within=config),
-        last=lookup(dpath="prune/protect_last", within=config),
+        flags=plan_flags,
     shell:
         "python -m pipsteps.plan --unit {wildcards.unit} --method {wildcards.method}"
-        " --target-ratio {wildcards.ratio} --layers-per-round {params.per_round}"
-        " --protect-first {params.first} --protect-last {params.last}"
+        " --target-ratio {wildcards.ratio} {params.flags}"
         " --model {input.model} --out {output.plan} > {log} 2>&1"

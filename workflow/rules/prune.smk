@@ -19,10 +19,43 @@ rule prune_round:
         runtime="1h",
     params:
         score=prune_score,
-        seed=lookup(dpath="prune/seed", within=config),
+        seed=variant_seed,
         grads=grads_flags,
     shell:
         "python -m pipsteps.prune --round {wildcards.round} --method {wildcards.method}"
         " --score {params.score} --seed {params.seed} {params.grads}"
         " --model {input.model} --plan {input.plan} --calibration {input.calibration}"
         " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
+
+
+# ShortGPT block influence of the dense model (forward only, clean view): computed once, shared by every
+# block_influence variant (one-shot, so only round 1 reads it).
+rule block_influence:
+    input:
+        model="results/base/model",
+        calib="results/calibration/clean.safetensors",
+        code=step_code("block_influence"),
+    output:
+        scores="results/base/block_influence.json",
+    log:
+        "logs/block_influence/base.log",
+    benchmark:
+        "benchmarks/block_influence/base.tsv"
+    conda:
+        "../../envs/pipsteps.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime="1h",
+    params:
+        micro_batch=lookup(dpath="gradients/micro_batch", within=config),
+        device=lookup(dpath="compute/device", within=config),
+        dtype=lookup(dpath="compute/dtype", within=config),
+        device_map=lookup(dpath="compute/device_map", within=config),
+        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+    shell:
+        "python -m pipsteps.block_influence --micro-batch {params.micro_batch}"
+        " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
+        " --model {input.model} --calib {input.calib} --out {output.scores} > {log} 2>&1"

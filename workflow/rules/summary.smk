@@ -3,8 +3,13 @@
 # jobs as the final models the evaluations consume.
 rule summarize:
     input:
-        evals=expand("results/{stage}/eval/metrics.json", stage=["base", *variants()]),
+        evals=expand("results/{stage}/eval/metrics.json", stage=all_stages()),
+        tasks=zeroshot_outputs(),
         plans=expand("results/{stage}/plan.json", stage=variants()),
+        first_rounds=first_rounds(),
+        recoveries=expand("results/{stage}/recovery.json", stage=recovered_stages()),
+        recovered_tasks=recovered_task_outputs(),
+        efficiency=efficiency_outputs(),
         model="results/base/model.json",
         calibration="results/calibration/calibration.json",
         code=step_code("summarize"),
@@ -21,7 +26,9 @@ rule summarize:
         mem_mb=2000,
         runtime="10m",
     params:
-        stages=["base"] + variants(),
+        stages=all_stages(),
+        with_tasks="--with-tasks" if tasks_cfg()["enabled"] else "",
+        with_efficiency="--with-efficiency" if efficiency_cfg()["enabled"] else "",
     shell:
         "python -m pipsteps.summarize --results results --stages {params.stages}"
-        " --tsv {output.tsv} --md {output.md} > {log} 2>&1"
+        " {params.with_tasks} {params.with_efficiency} --tsv {output.tsv} --md {output.md} > {log} 2>&1"

@@ -1,0 +1,117 @@
+"""Width importance scores per KV group and per MLP channel (METHOD.md §4, §6). Lowest score = pruned first.
+
+With D = G_clean − G_perturbed, summed over every element k of a group (pipsteps.width: a KV group = its q/k/v
+rows, biases and o_proj columns; a channel = its gate/up rows, biases and down_proj column):
+
+    taylor_diff  Σ_k |W_k · D_k|            (PIP, default)
+    norm_diff    ‖D_group‖₂
+    taylor       Σ_k |W_k · G_clean,k|      (LLM-Pruner Element¹, clean view only)
+    magnitude    ‖W_group‖₂
+    random       seeded uniform
+
+The gradient files are the safetensors written by pipsteps.gradients, keyed by the model's parameter names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipsteps.io import PipError, open_safetensors
+from pipsteps.width import attn_shape
+
+T = torch.Tensor
+
+WIDTH_SCORES: dict[str, Callable[[T, T | None, T | None], T]] = {  # elementwise term, summed per group
+    "taylor_diff": lambda w, gc, gp: (w * (gc - gp)).abs(),  # Σ|W·D|
+    "norm_diff": lambda w, gc, gp: (gc - gp).square(),  # ‖D‖₂ = √ΣD²
+    "taylor": lambda w, gc, gp: (w * gc).abs(),  # Σ|W·G_clean|
+    "magnitude": lambda w, gc, gp: w.square(),  # ‖W‖₂ = √ΣW²
+}
+ROOTED = {"norm_diff", "magnitude"}  # square root after the group sum
+NEEDS = {"taylor_diff": ("clean", "perturbed"), "norm_diff": ("clean", "perturbed"), "taylor": ("clean",),
+         "magnitude": (), "random": ()}
+ROWS = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
+        "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp"}  # a group is a contiguous block of output rows (+ bias)
+COLS = {"self_attn.o_proj.weight": "attn", "mlp.down_proj.weight": "mlp"}  # a block of input columns
+
+
+@dataclass(frozen=True)
+class WidthScores:
+    """Per-layer group sums of a score's elementwise term and the number of parameters in each group."""
+    score: str
+    attn: list[list[float]]  # [layer][KV group]
+    mlp: list[list[float]]  # [layer][channel]
+    attn_size: list[int]  # parameters per KV group, per layer
+    mlp_size: list[int]  # parameters per channel, per layer
+
+    def values(self, kind: str, normalise: bool = False) -> list[list[float]]:
+        """Final scores of `kind` ("attn" or "mlp"); `normalise` divides by the group's parameter count first."""
+        sums, sizes = (self.attn, self.attn_size) if kind == "attn" else (self.mlp, self.mlp_size)
+        root = math.sqrt if self.score in ROOTED else (lambda x: x)
+        return [[root(s / n if normalise else s) for s in row] for row, n in zip(sums, sizes)]
+
+
+def _kind(tail: str) -> str | None:
+    """The group type ("attn" or "mlp") of a layer parameter; None for norms (incl. Qwen3 q_norm/k_norm) and the
+    o_proj/down_proj biases, which every group shares."""
+    return ROWS.get(tail.rsplit(".", 1)[0]) or COLS.get(tail)
+
+
+def _group_sum(tail: str, e: T, n: int) -> T:
+    """Sum one parameter's elementwise term into its n groups (fp64 accumulation)."""
+    if tail in COLS:  # input columns: o_proj columns of one KV group's query heads are contiguous, like down's
+        return e.sum(0, dtype=torch.float64).reshape(n, -1).sum(1)
+    return e.reshape(n, -1).sum(1, dtype=torch.float64)  # output rows (+ bias) of q/k/v/gate/up
+
+
+def _grad(f, path: Path, name: str, shape: torch.Size) -> T:
+    if name not in f.keys():
+        raise PipError(f"gradient file {path} has no tensor {name}: it was computed on another model")
+    g = f.get_tensor(name).float()
+    if g.shape != shape:
+        raise PipError(f"gradient {name} in {path} has shape {tuple(g.shape)}, the model {tuple(shape)}: it was "
+                       "computed on another model")
+    return g
+
+
+def width_scores(model: nn.Module, score: str, clean: Path | None = None, perturbed: Path | None = None,
+                 seed: int = 0) -> WidthScores:
+    """Group scores of every decoder layer from the cached gradient files (keys = the model's parameter names);
+    `random` draws seeded uniform scores."""
+    if score not in NEEDS:
+        raise PipError(f"unknown width score {score!r}; allowed: {', '.join(NEEDS)}")
+    files = {v: p for v, p in (("clean", clean), ("perturbed", perturbed)) if v in NEEDS[score]}
+    missing = [v for v in NEEDS[score] if files.get(v) is None]
+    if missing:
+        raise PipError(f"width score {score!r} needs the {' and '.join(missing)} gradient file(s)")
+    handles = {v: open_safetensors(p) for v, p in files.items()}
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, list] = {"attn": [], "mlp": [], "attn_size": [], "mlp_size": []}
+    for i, layer in enumerate(model.model.layers):
+        n_groups = {"attn": attn_shape(layer.self_attn)[1], "mlp": layer.mlp.gate_proj.out_features}
+        sums = {k: torch.zeros(n, dtype=torch.float64) for k, n in n_groups.items()}
+        sizes = dict.fromkeys(n_groups, 0)
+        for tail, p in layer.named_parameters():
+            kind = _kind(tail)
+            if kind is None:
+                continue
+            sizes[kind] += p.numel() // n_groups[kind]
+            if score == "random":
+                continue
+            w = p.detach().float().cpu()
+            g = {v: _grad(f, files[v], f"model.layers.{i}.{tail}", w.shape) for v, f in handles.items()}
+            sums[kind] += _group_sum(tail, WIDTH_SCORES[score](w, g.get("clean"), g.get("perturbed")), n_groups[kind])
+        if score == "random":
+            sums = {k: torch.rand(n, generator=gen, dtype=torch.float64) for k, n in n_groups.items()}
+        for k in n_groups:
+            if not torch.isfinite(sums[k]).all():
+                raise PipError(f"non-finite {score} scores in layer {i} ({k}): check the gradient files")
+            out[k].append(sums[k].tolist())
+            out[f"{k}_size"].append(sizes[k])
+    return WidthScores(score=score, **out)

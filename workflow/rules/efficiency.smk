@@ -1,0 +1,35 @@
+# Inference cost of each pruned variant against the dense model: both are measured in the same job, on the same
+# device, one after the other (eval.efficiency).
+rule measure_efficiency:
+    input:
+        dense="results/base/model",
+        pruned=stage_model,
+        code=step_code("efficiency"),
+    output:
+        efficiency="results/{stage}/eval/efficiency.json",
+    log:
+        "logs/measure_efficiency/{stage}.log",
+    benchmark:
+        "benchmarks/measure_efficiency/{stage}.tsv"
+    conda:
+        "../../envs/pipsteps.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime="1h",
+    params:
+        prompt_len=lookup(dpath="eval/efficiency/prompt_len", within=config),
+        new_tokens=lookup(dpath="eval/efficiency/new_tokens", within=config),
+        batch_sizes=lookup(dpath="eval/efficiency/batch_sizes", within=config),
+        repeats=lookup(dpath="eval/efficiency/repeats", within=config),
+        device=lookup(dpath="compute/device", within=config),
+        dtype=lookup(dpath="compute/dtype", within=config),
+        device_map=lookup(dpath="compute/device_map", within=config),
+        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+    shell:
+        "python -m pipsteps.efficiency --prompt-len {params.prompt_len} --new-tokens {params.new_tokens}"
+        " --batch-sizes {params.batch_sizes} --repeats {params.repeats} --device {params.device}"
+        " --dtype {params.dtype} --threads {threads} --device-map {params.device_map}"
+        " --require-gpu {params.require_gpu} --dense {input.dense} --pruned {input.pruned}"
+        " --stage {wildcards.stage} --out {output.efficiency} > {log} 2>&1"

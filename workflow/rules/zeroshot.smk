@@ -1,0 +1,34 @@
+# Zero-shot accuracy (lm-eval, 0-shot) of the dense model and every variant; only when eval.tasks.enabled.
+rule evaluate_tasks:
+    input:
+        model=stage_model,
+        code=[step_code("zeroshot"), step_code("zeroshot_tasks")],
+        files=local_inputs(task_files()),
+    output:
+        metrics="results/{stage}/eval/tasks.json",
+    log:
+        "logs/evaluate_tasks/{stage}.log",
+    benchmark:
+        "benchmarks/evaluate_tasks/{stage}.tsv"
+    conda:
+        "../../envs/pipsteps.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime="4h",
+    params:
+        tasks=lookup(dpath="eval/tasks/names", within=config),
+        limit=tasks_limit_json(),
+        files=task_files_json(),
+        batch_size=lookup(dpath="eval/tasks/batch_size", within=config),
+        device=lookup(dpath="compute/device", within=config),
+        dtype=lookup(dpath="compute/dtype", within=config),
+        device_map=lookup(dpath="compute/device_map", within=config),
+        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+    shell:
+        "python -m pipsteps.zeroshot --tasks {params.tasks} --limit {params.limit:q}"
+        " --files {params.files:q} --batch-size {params.batch_size}"
+        " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
+        " --model {input.model} --stage {wildcards.stage} --metrics {output.metrics} > {log} 2>&1"
