@@ -247,3 +247,32 @@ def test_bad_recovery_config_fails_at_parse_time(tmp_path, change, message):
     proc = snakemake(tmp_path, "-n", config=e2e_config(tmp_path, **change), check=False)
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_width_pruned_model_recovers_and_keeps_its_heterogeneous_manifest(tiny_dir, data, tmp_path):
+    """A real width-pruned model (pipsteps.width, per-layer KV groups and channels) through the recovery step: the
+    saved recovered model keeps every layer's shape and the width manifest, reloads with load_pruned, and equals
+    the pruned model plus the best adapter."""
+    from pipsteps.surgery import MANIFEST, load_pruned, new_manifest
+    from pipsteps.width import prune_width
+
+    model = load_model(tiny_dir, "cpu")
+    manifest = new_manifest(len(model.model.layers))
+    prune_width(model, manifest, {1: [0], 3: [1]}, {0: list(range(40)), 2: list(range(0, 128, 3)), 4: [5, 6]})
+    pruned = tmp_path / "width" / "model"
+    save_pruned(model, load_tokenizer(tiny_dir), pruned, manifest)
+    shapes = [(layer.self_attn.k_proj.out_features, layer.mlp.up_proj.out_features) for layer in model.model.layers]
+    assert len(set(shapes)) > 2  # heterogeneous: the config class cannot express it
+    result = run(cfg(source=str(data)), pruned, tmp_path / "rec" / "model", tmp_path / "rec" / "adapter")
+    losses = [h["loss"] for h in result["history"]["train"]]
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    recovered = load_pruned(tmp_path / "rec" / "model")
+    assert [(layer.self_attn.k_proj.out_features, layer.mlp.up_proj.out_features)
+            for layer in recovered.model.layers] == shapes
+    saved = json.loads((tmp_path / "rec" / "model" / MANIFEST).read_text())
+    assert saved["width"]["layers"] == manifest["width"]["layers"]
+    base = logits(load_pruned(pruned))
+    assert (logits(recovered) - base).abs().max() > 1e-3  # the adapter was merged, not dropped
+    with_adapter = logits(attach(load_pruned(pruned), cfg(), load_file(tmp_path / "rec" / "adapter" /
+                                                                         "adapter_model.safetensors")).eval())
+    assert (logits(recovered) - with_adapter).abs().max() <= 1e-4
