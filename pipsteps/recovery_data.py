@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from pipsteps.io import PipError, read_utf8
-from pipsteps.textdata import read_rows
+from pipsteps.textdata import load_hf, read_rows
 
 log = logging.getLogger("pipsteps.recovery_data")
 FORMATS = ("auto", "instruction", "text")
@@ -87,14 +87,7 @@ def _json_records(source: str) -> list[Any]:
 
 
 def _hf_records(name: str, config: str | None, split: str) -> list[dict[str, Any]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # hub unreachable, unknown name, ...
-        raise PipError(f"could not load dataset {name!r} (config={config}, split={split}): {type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''} — offline? give a local .json/.jsonl/.txt "
-                       "path or embedded:calibration instead") from None
+    ds = load_hf(name, config, split, local="a local .json/.jsonl/.txt path or embedded:calibration")
     return [dict(r) for r in ds]
 
 

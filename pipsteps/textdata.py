@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from pipsteps.io import PipError, read_utf8
 
@@ -83,15 +84,20 @@ def _jsonl_rows(raw: str, source: str, field: str) -> list[str]:
     return rows
 
 
-def _hf_rows(name: str, config: str | None, split: str, field: str) -> list[str]:
+def load_hf(name: str, config: str | None, split: str, local: str = "a local .txt/.jsonl path") -> Any:
+    """A Hugging Face dataset split, or one line naming it and the offline alternative (`local`)."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # hub unreachable, unknown name, ...
         raise PipError(f"could not load dataset {name!r} (config={config}, split={split}): "
                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — "
-                       "offline? give a local .txt/.jsonl path instead") from None
+                       f"offline? give {local} instead") from None
+
+
+def _hf_rows(name: str, config: str | None, split: str, field: str) -> list[str]:
+    ds = load_hf(name, config, split)
     if field not in ds.column_names:
         raise PipError(f"dataset {name!r} has no field {field!r}; fields: {ds.column_names}")
     return [str(t) for t in ds[field]]
