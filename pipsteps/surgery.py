@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipsteps.io import PipError, atomic_path
+from pipsteps.io import PipError, atomic_path, open_safetensors
 from pipsteps.width import apply_manifest, check_shapes, saved_config
 
 log = logging.getLogger("pipsteps.surgery")
@@ -136,7 +136,6 @@ def _load_width(path: Path, manifest: dict[str, Any], device: torch.device | str
     """Width-pruned weights: build the model from config.json on the meta device, slice it to the manifest's
     per-layer shapes, load the safetensors strictly (tied weights re-tied) and check that nothing stayed empty."""
     from accelerate import init_empty_weights
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     try:
@@ -153,7 +152,8 @@ def _load_width(path: Path, manifest: dict[str, Any], device: torch.device | str
         raise PipError(f"{path / MANIFEST} does not match {path / 'config.json'}: {e}") from None
     state: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(f)))
+        with open_safetensors(f) as st:  # a truncated or corrupted file: one line naming it
+            state.update({k: st.get_tensor(k) for k in st.keys()})
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     try:
