@@ -58,10 +58,13 @@ def _check_paths():
         and not Path(config["model"]["source"]).expanduser().is_dir()
     ):
         problems.append(f"model.source: model path does not exist: {config['model']['source']}")
-    for key, src in [("calibration.source", config["calibration"]["source"])] + [
+    files = [("calibration.source", config["calibration"]["source"])] + [
         (f"eval.datasets.{d['name']}", d["source"]) for d in config["eval"]["datasets"]
-    ]:
-        if (_is_local(src) or src.endswith((".txt", ".jsonl"))) and not Path(
+    ]
+    if config["recovery"]["enabled"]:  # an empty source: check_combinations
+        files.append(("recovery.source", config["recovery"]["source"].strip()))
+    for key, src in files:
+        if (_is_local(src) or src.endswith((".txt", ".json", ".jsonl"))) and not Path(
             src
         ).expanduser().is_file():
             problems.append(f"{key}: file not found: {src}")
@@ -236,18 +239,6 @@ def final_round_model(wildcards):
     """The model LoRA recovers: the variant's last pruning round."""
     stage = f"{wildcards.unit}/{wildcards.method}/r{wildcards.ratio}"
     return f"results/{stage}/round_{n_rounds(stage)}/model"
-
-
-def _check_recovery():
-    """Fail at parse time on a missing local recovery file (empty source and batch sizes: check_combinations)."""
-    src = config["recovery"]["source"].strip() if recovery_enabled() else ""
-    if (_is_local(src) or src.endswith((".txt", ".json", ".jsonl"))) and not Path(
-        src
-    ).expanduser().is_file():
-        raise WorkflowError(f"recovery.source: file not found: {src}")
-
-
-_check_recovery()
 
 
 def maybe_temp(path):
