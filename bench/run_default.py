@@ -49,7 +49,8 @@ def rule_times(workdir: Path) -> dict[str, dict[str, float]]:
 
 
 def random_seeds(workdir: Path, config: Path, seeds: list[int]) -> list[dict]:
-    """Extra random depth baselines (other seeds, same layer count, same evaluation) so PIP vs random is not one draw."""
+    """Extra random depth baselines (other seeds, same layer count, same evaluation) so PIP vs random is not one draw
+    (depth runs only: a width run's random baseline is one draw)."""
     import random
 
     import yaml
@@ -101,7 +102,8 @@ def main() -> None:
     by_method = {r["method"]: r for r in rows}
     if "pip" in by_method and "random" in by_method:
         result["pip_beats_random"] = {c: float(by_method["pip"][c]) < float(by_method["random"][c]) for c in ppl_cols}
-        extra = random_seeds(workdir, config, list(range(1, ns.random_seeds + 1)))
+        depth = "removed_layers" in rows[0] and by_method["random"]["removed_layers"] != "-"
+        extra = random_seeds(workdir, config, list(range(1, ns.random_seeds + 1))) if depth else []
         result["random_extra_seeds"] = extra
         for c in ppl_cols:
             ds, L = c.removeprefix("ppl_").split("@")

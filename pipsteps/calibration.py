@@ -4,7 +4,9 @@ The corpus (rows joined with "\\n\\n") is cut into consecutive windows of seq_le
 boundaries; n of them are drawn with the seed. The words inside each window's first seq_len tokens are perturbed
 (rule-based real-word one-edit generator, see pipsteps.perturb; `token_noise` replaces token ids instead) and both views are tokenized independently and truncated to exactly seq_len
 tokens, so neither needs padding. Writes `clean.safetensors` / `perturbed.safetensors` (input_ids, int64,
-(n, seq_len)), `texts.jsonl` (both texts and the edits, for humans) and a metrics JSON with the achieved edit rate.
+(n, seq_len)), `control.safetensors` (n further clean windows, disjoint from the clean ones, for the
+`noise_control` score: clean vs another clean batch instead of clean vs perturbed), `texts.jsonl` (both texts
+and the edits, for humans) and a metrics JSON with the achieved edit rate.
 """
 
 from __future__ import annotations
@@ -75,15 +77,18 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
                            f"{cfg.seq_len}+{margin} tokens, need n_samples={cfg.n_samples}")
         rng = random.Random(cfg.seed)
         order = rng.sample(range(len(spans)), len(spans))
-        clean, pert, records, n_edit, n_elig = [], [], [], 0, 0
+        clean, pert, control, records, n_edit, n_elig = [], [], [], [], 0, 0
         for k in order:
-            if len(clean) == cfg.n_samples:
+            if len(control) == cfg.n_samples:
                 break
             text = corpus[slice(*spans[k])]
             sample_rng = random.Random(f"{cfg.seed}:{k}")
             enc = tok(text, return_offsets_mapping=True)
             c_ids = enc["input_ids"][: cfg.seq_len]
             if len(c_ids) < cfg.seq_len:
+                continue
+            if len(clean) == cfg.n_samples:  # the clean batch is complete: the next windows form the control view
+                control.append(c_ids)
                 continue
             # edit only words inside the first seq_len tokens (the rest is cut off); keep the tail as is
             cut = enc["offset_mapping"][cfg.seq_len - 1][1]
@@ -110,7 +115,14 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
         if len(clean) < cfg.n_samples:
             raise PipError(f"calibration text too short: only {len(clean)} usable windows of {cfg.seq_len} tokens "
                            f"in {cfg.source}, need {cfg.n_samples}")
-        ids = {v: torch.tensor(x, dtype=torch.int64) for v, x in (("clean", clean), ("perturbed", pert))}  # (n, L)
+        if len(control) < cfg.n_samples:
+            log.warning("the control view (score noise_control) has %d windows, fewer than n_samples=%d: the corpus "
+                        "has no more windows outside the clean ones", len(control), cfg.n_samples)
+        if not control:
+            log.warning("no window is left for the control view: it repeats the clean view (noise_control is then 0)")
+            control = clean
+        views = (("clean", clean), ("perturbed", pert), ("control", control))
+        ids = {v: torch.tensor(x, dtype=torch.int64) for v, x in views}  # (n, L)
         digest = hashlib.sha256(ids["clean"].numpy().tobytes() + ids["perturbed"].numpy().tobytes()).hexdigest()[:16]
         meta = {"source": cfg.source, "seed": str(cfg.seed), "calibration_hash": digest}
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +140,7 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
     return {"n_samples": cfg.n_samples, "seq_len": cfg.seq_len, "edit_rate": rate, "target_rate": cfg.rate,
             "edits": n_edit, "eligible": n_elig, "lexicon_size": len(lexicon), "calibration_hash": digest,
             "token_diff_fraction": float((ids["clean"] != ids["perturbed"]).float().mean()),
+            "control_samples": len(control),
             "wall_s": t.seconds}
 
 

@@ -9,6 +9,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from pipsteps import methods
+
 
 class ConfigError(ValueError):
     pass
@@ -29,6 +31,9 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
         where = "" if key == "<top level>" else f"{key}."
         raise ConfigError(f"config: unknown key {', '.join(where + e for e in extra)} (allowed in "
                           f"{key}: {allowed})")
+    if err.validator == "pattern" and "method_names" in err.schema.get("$comment", ""):
+        raise ConfigError(f"config: {key} = {err.instance!r} is not allowed (allowed: {', '.join(methods.METHODS)}, "
+                          "or pip-SCORE / pip_oneshot-SCORE with a PIP score)")
     if err.validator == "enum":
         raise ConfigError(f"config: {key} = {err.instance!r} is not allowed (allowed: {', '.join(map(str, err.validator_value))})")
     raise ConfigError(f"config: {key}: {err.message}")
@@ -56,8 +61,25 @@ def check_combinations(config: dict[str, Any], schema: dict[str, Any]) -> None:
         if batch % micro:
             raise ConfigError(f"config: recovery.batch_size ({batch}) must be a multiple of recovery.micro_batch "
                               f"({micro})")
-    if value(config, schema, "prune.unit") == "width" and not value(config, schema, "prune.grid"):
-        methods = [value(config, schema, "prune.method"), *value(config, schema, "prune.baselines")]
-        if "block_influence" in methods:
-            raise ConfigError("config: prune.method/baselines: block_influence prunes whole layers only, but "
-                              "prune.unit is width (use it with unit depth, or list both units in prune.grid)")
+    check_methods(config, schema)
+
+
+def check_methods(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Every method runs at some unit of the run: depth-only methods and scores need unit depth, width scores
+    unit width; an explicit pip-SCORE must name a score of some unit; the configured scores must suit the method
+    of their unit (pipsteps.methods)."""
+    grid = value(config, schema, "prune.grid") or {}
+    units = grid.get("units") or [value(config, schema, "prune.unit")]
+    names = grid.get("methods") or [value(config, schema, "prune.method"), *value(config, schema, "prune.baselines")]
+    key = "prune.grid.methods" if grid.get("methods") else "prune.method/baselines"
+    for name in names:
+        base, score, _ = methods.parse(name)
+        if score and not any(score in methods.scores_of(u) for u in ("depth", "width")):
+            raise ConfigError(f"config: {key}: {name!r}: unknown PIP score {score!r} (depth: "
+                              f"{', '.join(methods.DEPTH_SCORES)}; width: {', '.join(methods.WIDTH_SCORES)})")
+        if not any(methods.applies(u, name) for u in units):
+            where = "whole layers (unit depth)" if base in methods.DEPTH_ONLY or score not in methods.WIDTH_SCORES \
+                else "groups (unit width)"
+            raise ConfigError(f"config: {key}: {name} prunes {where} only, but the run's units are "
+                              f"{', '.join(units)} (list that unit in prune.unit or prune.grid.units)")
+

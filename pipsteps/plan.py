@@ -17,32 +17,28 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipsteps import cli
+from pipsteps import cli, methods
 from pipsteps.io import PipError, count_params, load_model, write_json
 from pipsteps.surgery import decoder_layers
 from pipsteps.width import plan_width, width_shape
 
 log = logging.getLogger("pipsteps.plan")
 UNITS = ("depth", "width")
-METHODS = ("pip", "pip_oneshot", "taylor", "magnitude", "random", "block_influence")
-ONESHOT = ("pip_oneshot", "block_influence")
-DEPTH_ONLY = ("block_influence",)
-SEEDED = re.compile(r"^random_s(\d+)$")  # grid seeds: random_s1, random_s2, ... (pipsteps.prune)
+METHODS, ONESHOT, DEPTH_ONLY = methods.METHODS, methods.ONESHOT, methods.DEPTH_ONLY
 
 
 def base_method(method: str) -> tuple[str, int | None]:
-    """(method, seed) of a method wildcard: `random_s3` is the random method with seed 3; others carry no seed."""
-    m = SEEDED.match(method)
-    if m:
-        return "random", int(m.group(1))
-    if method not in METHODS:
-        raise PipError(f"unknown method {method!r}; allowed: {', '.join(METHODS)} (and random_sN for seed N)")
-    return method, None
+    """(method, seed) of a method wildcard: `random_s3` is the random method with seed 3, `pip-gap_greedy` the pip
+    method (with an explicit score); others carry no seed."""
+    try:
+        base, _, seed = methods.parse(method)
+    except methods.MethodError as e:
+        raise PipError(str(e)) from None
+    return base, seed
 
 
 def default_protect(unit: str, n_layers: int) -> tuple[int, int]:
@@ -73,6 +69,10 @@ def check(cfg: PlanConfig) -> tuple[str, bool]:
     method, _ = base_method(cfg.method)
     if cfg.unit != "depth" and method in DEPTH_ONLY:
         raise PipError(f"method {method!r} prunes whole layers only (unit depth), not unit {cfg.unit!r}")
+    explicit = methods.parse(cfg.method)[1]
+    if explicit and explicit not in methods.scores_of(cfg.unit):
+        raise PipError(f"method {cfg.method!r}: {explicit!r} is not a {cfg.unit} score; allowed: "
+                       f"{', '.join(methods.scores_of(cfg.unit))}")
     if cfg.ranking not in ("local", "global"):
         raise PipError(f"unknown ranking {cfg.ranking!r}; allowed: local, global")
     return method, cfg.oneshot or method in ONESHOT

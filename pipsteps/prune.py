@@ -1,8 +1,11 @@
 """Step: one pruning round. Score the structures, remove the lowest-scoring unprotected ones, save the model.
 
-Depth (whole decoder layers, pipsteps.scores): `pip` / `pip_oneshot` (a perturbation score, default `norm_diff` =
-PertImport ‖G_clean − G_pert‖₂), `taylor`, `magnitude`, `random` (seeded per round) and `block_influence`
-(ShortGPT, read from pipsteps.block_influence). The round reads how many layers to remove from the plan.
+Depth (whole decoder layers, pipsteps.scores): `pip` / `pip_oneshot` (a perturbation score: from the two gradient
+files, default `norm_diff` = PertImport ‖G_clean − G_pert‖₂, or forward-only from the loss of the model with each
+layer skipped, e.g. `pip_greedy`), `taylor`, `magnitude`, `random` (seeded per round), `block_influence` (ShortGPT,
+one-shot, read from pipsteps.block_influence), `block_influence_iter` (the same score recomputed on the current
+model every round) and `sleb` (greedy: the layer whose removal raises the clean calibration loss least). The round
+reads how many layers to remove from the plan.
 
 Width (KV groups with their query heads and MLP channels, pipsteps.width / pipsteps.width_scores): `pip` /
 `pip_oneshot` (default `taylor_diff` = Σ|W·(G_clean − G_pert)| per group), `taylor`, `magnitude`, `random`.
@@ -24,30 +27,39 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipsteps import cli
-from pipsteps.io import PipError, Timer, count_params, load_model, load_tokenizer, read_json, write_json
+import torch
+
+from pipsteps import cli, methods
+from pipsteps.ablation import skip_losses
+from pipsteps.block_influence import block_influence
+from pipsteps.gradients import load_ids
+from pipsteps.io import (PipError, Timer, count_params, load_model, load_tokenizer, read_json, resolve_device,
+                         set_threads, write_json)
 from pipsteps.plan import base_method
-from pipsteps.scores import NEEDS, depth_scores, layer_stats
+from pipsteps.scores import ABLATION_SCORES, ablation_scores, depth_scores, layer_stats
 from pipsteps.surgery import decoder_layers, read_manifest, remove_layers, save_pruned
 from pipsteps.width import prune_width, select_global, select_local
-from pipsteps.width_scores import NEEDS as WIDTH_NEEDS
 from pipsteps.width_scores import width_scores
 
 log = logging.getLogger("pipsteps.prune")
-METHODS = ("pip", "pip_oneshot", "taylor", "magnitude", "random", "block_influence")
+METHODS = methods.METHODS
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     round: int = field(default=1, metadata={"help": "round number (1-based)"})
-    method: str = field(default="pip", metadata={"help": f"{', '.join(METHODS)}, or random_sN (seed N)"})
+    method: str = field(default="pip", metadata={"help": f"{', '.join(METHODS)}, random_sN (seed N) or pip-SCORE"})
     score: str = field(default="norm_diff", metadata={"help": "PIP score (pipsteps.scores / pipsteps.width_scores)"})
     seed: int = field(default=0, metadata={"help": "seed (random method; random_sN uses N)"})
+    device: str = field(default="cpu", metadata={"help": "device of the forward-only scores (sleb, "
+                                                         "block_influence_iter, ablation scores): cpu, cuda, auto"})
+    micro_batch: int = field(default=4, metadata={"help": "samples per forward pass (forward-only scores)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
 
 
 def score_name(cfg: PruneConfig) -> str:
-    method, _ = base_method(cfg.method)
-    return cfg.score if method in ("pip", "pip_oneshot") else method
+    method, explicit, _ = methods.parse(cfg.method)
+    return (explicit or cfg.score) if method in methods.PIP_METHODS else method
 
 
 def seed_of(cfg: PruneConfig) -> int:
@@ -62,17 +74,35 @@ def choose(scores: list[float] | None, candidates: list[int], k: int, rng: rando
     return sorted(sorted(candidates, key=lambda i: (scores[i], i))[:k])
 
 
-def _views(name: str, needs: dict, clean: Path | None, perturbed: Path | None) -> tuple[Path | None, Path | None]:
-    if name not in needs:
-        raise PipError(f"unknown score {name!r}; allowed: {', '.join(needs)}")
-    missing = [v for v, p in (("clean", clean), ("perturbed", perturbed)) if v in needs[name] and p is None]
+def _grad_files(unit: str, cfg: PruneConfig, grads: dict[str, Path | None]) -> tuple[Path | None, Path | None]:
+    """(first, second) gradient file a score reads: clean, and perturbed (control for noise_control)."""
+    need = methods.needs(unit, cfg.method, cfg.score).grads
+    missing = [v for v in need if grads.get(v) is None]
     if missing:
-        raise PipError(f"score {name!r} needs the {' and '.join(missing)} gradient file(s)")
-    return (clean if "clean" in needs[name] else None), (perturbed if "perturbed" in needs[name] else None)
+        raise PipError(f"{cfg.method} ({score_name(cfg)}) needs the {' and '.join(missing)} gradient file(s)")
+    return (grads["clean"] if "clean" in need else None), next((grads[v] for v in need if v != "clean"), None)
 
 
-def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, clean: Path | None,
-                perturbed: Path | None, influence: Path | None) -> dict[str, Any]:
+def forward_scores(name: str, model, calib: dict[str, Path | None], candidates: list[int], cfg: PruneConfig
+                   ) -> list[float | None]:
+    """Forward-only depth scores on the current model: block influence, or an ablation score (sleb, gap_…)."""
+    missing = [v for v in methods.needs("depth", cfg.method, cfg.score).calib if calib.get(v) is None]
+    if missing:
+        raise PipError(f"{cfg.method} ({name}) needs the {' and '.join(missing)} calibration view(s) (--calib-…)")
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if name == "block_influence_iter":
+        return block_influence(model, load_ids(calib["clean"]), cfg.micro_batch)[0]
+    views = [v for v in ("clean", "perturbed") if v in methods.needs("depth", cfg.method, cfg.score).calib]
+    full, skipped = {}, {}
+    for v in views:
+        full[v], skipped[v] = skip_losses(model, load_ids(calib[v]), candidates, cfg.micro_batch, desc=f"skip {v}")
+    log.info("calibration loss %s; with each candidate layer skipped: %s", full, skipped)
+    return ablation_scores(name, full, skipped, len(decoder_layers(model)))
+
+
+def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, grads: dict[str, Path | None],
+                calib: dict[str, Path | None], influence: Path | None) -> dict[str, Any]:
     """Remove the round's lowest-scoring layers in place; returns the round record's layer fields."""
     n = len(decoder_layers(model))
     k = plan["per_round"][cfg.round - 1]
@@ -85,9 +115,11 @@ def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
         if len(scores) != n:
             raise PipError(f"{influence} scores {len(scores)} layers, the model has {n}: it was computed on another "
                            "model (block influence is one-shot, from the dense model)")
+    elif name in ABLATION_SCORES or name == "block_influence_iter":
+        scores = forward_scores(name, model, calib, candidates, cfg)
+        model.to("cpu")
     elif name != "random":
-        c, p = _views(name, NEEDS, clean, perturbed)
-        scores = depth_scores(name, layer_stats(model, c, p))
+        scores = depth_scores(name, layer_stats(model, *_grad_files("depth", cfg, grads)))
     remove = choose(scores, candidates, k, random.Random(f"{seed_of(cfg)}:{cfg.round}"))
     orig = manifest["kept_layers"]
     removed_orig = [orig[i] for i in remove]
@@ -96,7 +128,7 @@ def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
                     removed_layers=manifest["removed_layers"] + removed_orig)
     manifest["rounds"] = manifest["rounds"] + [
         {"round": cfg.round, "removed": removed_orig,
-         "scores": {str(orig[i]): s for i, s in enumerate(scores)} if scores else None}]
+         "scores": {str(orig[i]): s for i, s in enumerate(scores) if s is not None} if scores else None}]
     log.info("round %d (%s/%s): removed layer(s) %s (original index), %d layers left", cfg.round, cfg.method, name,
              removed_orig, n - k)
     return {"layer_scores": [{"index": i, "orig_index": orig[i], "score": scores[i] if scores else None}
@@ -111,12 +143,11 @@ def kept_width(manifest: dict) -> list[dict[str, int]]:
              "channels": len(e["kept_channels"])} for o, e in zip(manifest["kept_layers"], manifest["width"]["layers"])]
 
 
-def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, clean: Path | None,
-                perturbed: Path | None) -> dict[str, Any]:
+def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, grads: dict[str, Path | None]
+                ) -> dict[str, Any]:
     """Remove the round's lowest-scoring KV groups and MLP channels in place; returns the round record's fields."""
     r = cfg.round - 1
-    c, p = _views(name, WIDTH_NEEDS, clean, perturbed)
-    ws = width_scores(model, name, c, p, seed=seed_of(cfg) * 100_003 + cfg.round)
+    ws = width_scores(model, name, *_grad_files("width", cfg, grads), seed=seed_of(cfg) * 100_003 + cfg.round)
     candidates = plan["candidates"]
     if plan["ranking"] == "global":
         remove_kv, remove_ch = select_global(ws.values("attn", normalise=True), ws.values("mlp", normalise=True),
@@ -136,23 +167,29 @@ def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
             "removed_layers_so_far": manifest["removed_layers"], "layers_left": len(orig)}
 
 
-def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path, clean: Path | None = None,
-        perturbed: Path | None = None, calibration_hash: str = "", influence: Path | None = None) -> dict[str, Any]:
-    method, _ = base_method(cfg.method)
+def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
+        grads: dict[str, Path | None] | None = None, calibration_hash: str = "", influence: Path | None = None,
+        calib: dict[str, Path | None] | None = None) -> dict[str, Any]:
+    """`grads`: {view: gradient file} (clean, perturbed, control); `calib`: {view: calibration ids} for the
+    forward-only scores; `influence`: the dense model's block influence JSON."""
+    grads, calib = grads or {}, calib or {}
     if not 1 <= cfg.round <= plan["rounds"]:
         raise PipError(f"round {cfg.round} is outside the plan's 1..{plan['rounds']}")
     unit = plan.get("unit", "depth")
-    if unit == "width" and method == "block_influence":
-        raise PipError("method 'block_influence' prunes whole layers only (unit depth)")
+    try:
+        need = methods.needs(unit, cfg.method, cfg.score)
+    except methods.MethodError as e:
+        raise PipError(str(e)) from None
     name = score_name(cfg)
-    with Timer() as t:
+    set_threads(cfg.threads)
+    with Timer() as t, torch.no_grad():
         model = load_model(model_dir, device="cpu")
         manifest = read_manifest(model_dir)
         before = count_params(model)
         if unit == "width":
-            fields = width_round(cfg, model, manifest, plan, name, clean, perturbed)
+            fields = width_round(cfg, model, manifest, plan, name, grads)
         else:
-            fields = depth_round(cfg, model, manifest, plan, name, clean, perturbed, influence)
+            fields = depth_round(cfg, model, manifest, plan, name, grads, calib, influence)
         after = count_params(model)
         manifest.update(unit=unit, method=cfg.method, score=name, target_ratio=plan["target_ratio"],
                         seed=seed_of(cfg), calibration_hash=calibration_hash)
@@ -160,9 +197,8 @@ def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path, clea
     ratio = 1.0 - after["total"] / plan["params_total"]
     log.info("round %d (%s): %d → %d params, achieved ratio %.4f (target %s)", cfg.round, cfg.method,
              before["total"], after["total"], ratio, plan["target_ratio"])
-    views = list((WIDTH_NEEDS if unit == "width" else NEEDS).get(name, ()))  # the gradient files the scores read
     return {"round": cfg.round, "unit": unit, "method": cfg.method, "score": name, "seed": seed_of(cfg),
-            "views": views, **fields,
+            "views": list(need.grads), "calib_views": list(need.calib), **fields,
             "params_before": before["total"], "params_after": after["total"],
             "params_non_embedding_after": after["non_embedding"], "params_dense": plan["params_total"],
             "achieved_ratio": ratio, "target_ratio": plan["target_ratio"], "wall_s": t.seconds,
@@ -175,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--plan", required=True, type=Path, help="plan JSON (pipsteps.plan)")
         p.add_argument("--clean", type=Path, default=None, help="clean-view gradients")
         p.add_argument("--perturbed", type=Path, default=None, help="perturbed-view gradients")
+        p.add_argument("--control", type=Path, default=None, help="control-view gradients (noise_control)")
+        p.add_argument("--calib-clean", type=Path, default=None, help="clean calibration view (forward-only scores)")
+        p.add_argument("--calib-perturbed", type=Path, default=None, help="perturbed calibration view (ablation)")
         p.add_argument("--influence", type=Path, default=None, help="block influence JSON (block_influence)")
         p.add_argument("--calibration", type=Path, default=None, help="calibration metrics JSON (for its hash)")
         p.add_argument("--out", required=True, type=Path, help="output pruned model directory")
@@ -182,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cfg, ns = cli.parse(PruneConfig, argv, __doc__.splitlines()[0], extra)
     calib_hash = read_json(ns.calibration)["calibration_hash"] if ns.calibration else ""
-    metrics = run(cfg, ns.model, read_json(ns.plan), ns.out, ns.clean, ns.perturbed, calib_hash, ns.influence)
+    grads = {"clean": ns.clean, "perturbed": ns.perturbed, "control": ns.control}
+    calib = {"clean": ns.calib_clean, "perturbed": ns.calib_perturbed}
+    metrics = run(cfg, ns.model, read_json(ns.plan), ns.out, grads, calib_hash, ns.influence, calib)
     write_json(ns.metrics, {"config": asdict(cfg), **metrics})
 
 

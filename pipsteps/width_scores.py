@@ -3,9 +3,16 @@
 With D = G_clean − G_perturbed, summed over every element k of a group (pipsteps.width: a KV group = its q/k/v
 rows, biases and o_proj columns; a channel = its gate/up rows, biases and down_proj column):
 
-    taylor_diff  Σ_k |W_k · D_k|            (PIP, default)
+    taylor_diff  Σ_k |W_k · D_k|                    (PIP, default)
     norm_diff    ‖D_group‖₂
+    taylor_gap   Σ_k |W_k · G_clean,k| + |W_k · D_k|  (clean-loss Taylor + perturbation sensitivity)
+    taylor_both  Σ_k |W_k · G_clean,k| + |W_k · G_pert,k|  (Taylor on both views)
+    vec_diff     |Σ_k W_k · D_k|                    (first-order change of the views' loss gap when the group goes)
+    fisher_diff  Σ_k (W_k · D_k)²                   (Fisher-style squared difference)
+    noise_control  Σ_k (W_k · (G_clean,k − G_control,k))²  (fisher_diff with a second clean batch, the control
+                                            view, in place of the perturbed one: does the perturbation matter?)
     taylor       Σ_k |W_k · G_clean,k|      (LLM-Pruner Element¹, clean view only)
+    taylor_sq    Σ_k (W_k · G_clean,k)²     (squared first-order term, clean view only)
     magnitude    ‖W_group‖₂
     random       seeded uniform
 
@@ -23,6 +30,7 @@ import torch
 from torch import nn
 
 from pipsteps.io import PipError, open_safetensors
+from pipsteps.methods import WIDTH_SCORES as WIDTH_PIP
 from pipsteps.width import attn_shape
 
 T = torch.Tensor
@@ -30,12 +38,18 @@ T = torch.Tensor
 WIDTH_SCORES: dict[str, Callable[[T, T | None, T | None], T]] = {  # elementwise term, summed per group
     "taylor_diff": lambda w, gc, gp: (w * (gc - gp)).abs(),  # Σ|W·D|
     "norm_diff": lambda w, gc, gp: (gc - gp).square(),  # ‖D‖₂ = √ΣD²
+    "taylor_gap": lambda w, gc, gp: (w * gc).abs() + (w * (gc - gp)).abs(),  # Σ|W·Gc| + |W·D|
+    "taylor_both": lambda w, gc, gp: (w * gc).abs() + (w * gp).abs(),  # Σ|W·Gc| + |W·Gp|
+    "vec_diff": lambda w, gc, gp: w * (gc - gp),  # |ΣW·D|: signed terms, abs after the group sum
+    "fisher_diff": lambda w, gc, gp: (w * (gc - gp)).square(),  # Σ(W·D)²
+    "noise_control": lambda w, gc, gp: (w * (gc - gp)).square(),  # gp: the control view's gradients
     "taylor": lambda w, gc, gp: (w * gc).abs(),  # Σ|W·G_clean|
+    "taylor_sq": lambda w, gc, gp: (w * gc).square(),  # Σ(W·G_clean)²
     "magnitude": lambda w, gc, gp: w.square(),  # ‖W‖₂ = √ΣW²
 }
-ROOTED = {"norm_diff", "magnitude"}  # square root after the group sum
-NEEDS = {"taylor_diff": ("clean", "perturbed"), "norm_diff": ("clean", "perturbed"), "taylor": ("clean",),
-         "magnitude": (), "random": ()}
+POST: dict[str, Callable[[float], float]] = {"norm_diff": math.sqrt, "magnitude": math.sqrt, "vec_diff": abs}
+NEEDS = {**{k: v.grads for k, v in WIDTH_PIP.items()}, "taylor": ("clean",), "taylor_sq": ("clean",), "magnitude": (),
+         "random": ()}
 ROWS = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
         "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp"}  # a group is a contiguous block of output rows (+ bias)
 COLS = {"self_attn.o_proj.weight": "attn", "mlp.down_proj.weight": "mlp"}  # a block of input columns
@@ -53,8 +67,8 @@ class WidthScores:
     def values(self, kind: str, normalise: bool = False) -> list[list[float]]:
         """Final scores of `kind` ("attn" or "mlp"); `normalise` divides by the group's parameter count first."""
         sums, sizes = (self.attn, self.attn_size) if kind == "attn" else (self.mlp, self.mlp_size)
-        root = math.sqrt if self.score in ROOTED else (lambda x: x)
-        return [[root(s / n if normalise else s) for s in row] for row, n in zip(sums, sizes)]
+        post = POST.get(self.score, lambda x: x)
+        return [[post(s / n if normalise else s) for s in row] for row, n in zip(sums, sizes)]
 
 
 def _kind(tail: str) -> str | None:
@@ -82,12 +96,15 @@ def _grad(f, path: Path, name: str, shape: torch.Size) -> T:
 
 def width_scores(model: nn.Module, score: str, clean: Path | None = None, perturbed: Path | None = None,
                  seed: int = 0) -> WidthScores:
-    """Group scores of every decoder layer from the cached gradient files (keys = the model's parameter names);
-    `random` draws seeded uniform scores."""
+    """Group scores of every decoder layer from the cached gradient files (keys = the model's parameter names;
+    `perturbed` is the second view's file: the control view for noise_control); `random` draws seeded uniform
+    scores."""
     if score not in NEEDS:
         raise PipError(f"unknown width score {score!r}; allowed: {', '.join(NEEDS)}")
-    files = {v: p for v, p in (("clean", clean), ("perturbed", perturbed)) if v in NEEDS[score]}
-    missing = [v for v in NEEDS[score] if files.get(v) is None]
+    second = ("perturbed", "control")
+    given = {"clean": clean, **{v: perturbed for v in second}}
+    files = {("perturbed" if v in second else v): given[v] for v in NEEDS[score]}
+    missing = [v for v in NEEDS[score] if given[v] is None]
     if missing:
         raise PipError(f"width score {score!r} needs the {' and '.join(missing)} gradient file(s)")
     handles = {v: open_safetensors(p) for v, p in files.items()}

@@ -48,8 +48,8 @@ def test_one_pip_round_on_the_real_model(smol):
     assert 1.0 < losses["clean"] < losses["perturbed"] < 10.0  # edits make the text less predictable
     p = plan(PlanConfig(target_ratio=0.2), d / "model")
     assert p["layers_to_remove"] == 8
-    r = prune(PruneConfig(round=1), d / "model", p, d / "round_1", d / "grads_clean.safetensors",
-              d / "grads_perturbed.safetensors", calib["calibration_hash"])
+    grads = {view: d / f"grads_{view}.safetensors" for view in ("clean", "perturbed")}
+    r = prune(PruneConfig(round=1), d / "model", p, d / "round_1", grads, calib["calibration_hash"])
     assert r["layers_left"] == 29 and len(r["removed"]) == 1
     removed = r["removed"][0]["index"]
     scores = [s["score"] for s in r["layer_scores"]]

@@ -160,7 +160,7 @@ def test_bad_grid_input_fails_before_heavy_work(tmp_path):
     cfg["prune"].update(unit="width", baselines=["block_influence"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(tmp_path, "-n", check=False)
-    assert proc.returncode != 0 and "block_influence prunes whole layers only" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "block_influence prunes whole layers (unit depth) only" in proc.stdout + proc.stderr
     # a width ratio that would leave a layer without attention heads fails in plan_rounds, before any gradient
     cfg["prune"].update(target_ratio=0.4, baselines=[])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -183,3 +183,28 @@ def test_grid_seeds_and_ratios_expand_to_variants(tmp_path):
     # only pip_oneshot reads gradients: the dense ones, once
     assert sorted(w["view"] for r, w in jobs if r == "collect_gradients") == ["clean", "perturbed"]
     assert not (tmp_path / "results").exists()
+
+
+def test_score_variants_share_calibration_and_dense_gradients(tmp_path):
+    """Issue #8's grid: PIP score variants (pip-SCORE), the forward-only baselines and the noise control in one DAG.
+    The dry run lists the calibration, each dense gradient view and the block influence once; forward-only methods
+    read the calibration views and no gradient; width-only and depth-only scores are skipped at the other unit."""
+    cfg = grid_config()
+    names = ["pip", "pip-fisher_diff", "pip-pip_greedy", "pip-noise_control", "sleb", "block_influence",
+             "block_influence_iter", "taylor_sq", "random"]
+    cfg["prune"]["grid"] = {"units": ["depth", "width"], "methods": names}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = dry_run(tmp_path, tmp_path / "config.yaml", "results/summary.tsv")
+    rules = [r for r, _ in jobs]
+    assert sorted(w["view"] for r, w in jobs if r == "collect_gradients") == ["clean", "control", "perturbed"]
+    assert [rules.count(r) for r in ("prepare_model", "prepare_calibration", "block_influence")] == [1, 1, 1]
+    plans = sorted(f"{w['unit']}/{w['method']}" for r, w in jobs if r == "plan_rounds")
+    assert plans == sorted([f"depth/{m}" for m in names] +
+                           [f"width/{m}" for m in ("pip", "pip-fisher_diff", "pip-noise_control", "taylor_sq",
+                                                   "random")])
+    assert not (tmp_path / "results").exists()
+    out = snakemake(tmp_path, "-n", "-p", "results/depth/sleb/r0.2/round_1/round.json",
+                    config=tmp_path / "config.yaml").stdout
+    cmd = next(line for line in out.splitlines() if "pipsteps.prune" in line)
+    assert "--calib-clean results/calibration/clean.safetensors" in cmd and "--device" in cmd
+    assert "grads_" not in cmd and "--calib-perturbed" not in cmd

@@ -19,6 +19,10 @@ def test_two_views_of_exactly_n_by_l_tokens(tiny_dir, tmp_path):
     assert len(records) == 5
     for r in records:
         assert r["edits"] and all(old in r["clean"] and new in r["perturbed"] for old, new in r["edits"])
+    # the control view (noise_control): n further clean windows, none of them one of the clean samples
+    control = load_file(tmp_path / "control.safetensors")["input_ids"]
+    assert control.shape == (5, 32) and m["control_samples"] == 5
+    assert not {tuple(x) for x in control.tolist()} & {tuple(x) for x in clean.tolist()}
 
 
 def test_deterministic_under_seed(tiny_dir, tmp_path):

@@ -21,6 +21,7 @@ from pipsteps.tiny import tiny_model
 from pipsteps.width import layer_shapes
 from pipsteps.width_scores import width_scores
 
+VIEWS = ("clean", "perturbed")
 IDS = torch.randint(4, 512, (4, 16), generator=torch.Generator().manual_seed(3))
 
 
@@ -64,7 +65,8 @@ def test_depth_pip_oneshot_removes_every_layer_in_round_one(tiny_dir, grads, tmp
     p = plan(PlanConfig(method="pip_oneshot", target_ratio=0.2), tiny_dir)
     iterative = plan(PlanConfig(method="pip", target_ratio=0.2), tiny_dir)
     assert (p["rounds"], p["per_round"]) == (1, [2]) and iterative["rounds"] == 2
-    rec = prune(PruneConfig(method="pip_oneshot", score="norm_diff"), tiny_dir, p, tmp_path / "m", *grads)
+    rec = prune(PruneConfig(method="pip_oneshot", score="norm_diff"), tiny_dir, p, tmp_path / "m",
+                 dict(zip(VIEWS, grads)))
     scores = [s["score"] for s in rec["layer_scores"]]
     lowest = sorted(sorted(range(6), key=lambda i: scores[i])[:2])
     assert [r["orig_index"] for r in rec["removed"]] == lowest and rec["layers_left"] == 4
@@ -75,7 +77,8 @@ def test_width_pip_oneshot_removes_the_planned_groups_in_one_round(tiny_dir, gra
     p = plan(PlanConfig(unit="width", method="pip_oneshot", target_ratio=0.2, rounds=4), tiny_dir)
     assert p["rounds"] == 1 and (p["protect_first"], p["protect_last"]) == (1, 0)  # round(6/8), round(6/16)
     assert p["kv_groups_per_round"] == [p["kv_groups_total"]] == [3]
-    rec = prune(PruneConfig(method="pip_oneshot", score="taylor_diff"), tiny_dir, p, tmp_path / "m", *grads)
+    rec = prune(PruneConfig(method="pip_oneshot", score="taylor_diff"), tiny_dir, p, tmp_path / "m",
+                 dict(zip(VIEWS, grads)))
     model = load_pruned(tmp_path / "m")
     shapes = layer_shapes(model)
     assert shapes[0] == (4, 2, 128)  # protected
@@ -96,12 +99,13 @@ def test_width_rounds_compose_to_the_target(tiny_dir, grads, tmp_path, ranking):
     p = plan(PlanConfig(unit="width", method="taylor", target_ratio=0.2, rounds=2, ranking=ranking,
                         protect_first=0, protect_last=1), tiny_dir)
     assert p["candidates"] == [0, 1, 2, 3, 4]
-    r1 = prune(PruneConfig(round=1, method="taylor"), tiny_dir, p, tmp_path / "r1", grads[0])
+    r1 = prune(PruneConfig(round=1, method="taylor"), tiny_dir, p, tmp_path / "r1", {"clean": grads[0]})
     # round 2 scores the pruned model: gradients of the round-1 model, keyed and shaped like its parameters
     model = load_pruned(tmp_path / "r1")
     g, _ = collect(model, IDS, GradConfig())
     save_file(g, str(tmp_path / "g2.safetensors"))
-    r2 = prune(PruneConfig(round=2, method="taylor"), tmp_path / "r1", p, tmp_path / "r2", tmp_path / "g2.safetensors")
+    r2 = prune(PruneConfig(round=2, method="taylor"), tmp_path / "r1", p, tmp_path / "r2",
+               {"clean": tmp_path / "g2.safetensors"})
     final = load_pruned(tmp_path / "r2")
     assert layer_shapes(final)[5] == (4, 2, 128) and r2["params_before"] == r1["params_after"]
     assert min(kv for _, kv, _ in layer_shapes(final)) >= 1

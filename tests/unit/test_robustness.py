@@ -143,7 +143,7 @@ def test_prune_rounds_are_bit_identical_across_reruns(tiny_dir, tmp_path):
         outs = []
         for k in range(2):
             prune(PruneConfig(method=method, seed=5), tiny_dir, p, tmp_path / f"{method}{k}",
-                  tmp_path / "c.safetensors", tmp_path / "p.safetensors", "hash")
+                  {"clean": tmp_path / "c.safetensors", "perturbed": tmp_path / "p.safetensors"}, "hash")
             outs.append((tmp_path / f"{method}{k}" / MANIFEST).read_bytes())
             outs.append((tmp_path / f"{method}{k}" / "model.safetensors").read_bytes())
         assert outs[0] == outs[2] and outs[1] == outs[3]

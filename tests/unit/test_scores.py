@@ -66,7 +66,10 @@ def test_pertimport_and_variants_match_hand_computation(setup):
             "rel_diff": (d.norm() / c.norm()).item(),
             "cos_diff": 1 - torch.nn.functional.cosine_similarity(c, p, dim=0).item(),
             "taylor_diff": (w * d).abs().sum().item(),
+            "fisher_diff": (w * d).square().sum().item(),
+            "noise_control": d.norm().item(),  # the same statistic, read from (clean, control) files
             "taylor": (w * c).abs().sum().item(),
+            "taylor_sq": (w * c).square().sum().item(),
             "magnitude": w.norm().item(),
         }
         for name, value in expected.items():

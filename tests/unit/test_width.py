@@ -15,7 +15,7 @@ from pipsteps.io import PipError
 from pipsteps.surgery import MANIFEST, load_pruned, new_manifest, save_pruned
 from pipsteps.tiny import FAMILIES, tiny_model, tiny_tokenizer
 from pipsteps.width import plan_width, prune_width, select_global, select_local, slice_attention, width_shape
-from pipsteps.width_scores import width_scores
+from pipsteps.width_scores import NEEDS, width_scores
 
 IDS = torch.randint(4, 512, (2, 24), generator=torch.Generator().manual_seed(0))
 # tiny models: 6 layers, 4 query heads in 2 KV groups (2 query heads per group), 128 MLP channels
@@ -191,20 +191,26 @@ def test_scores_match_a_hand_computation(tmp_path):
     def hand(term, parts):
         return sum(float(term(params[n][ix], gc[n][ix], gp[n][ix]).double().sum()) for n, ix in parts)
 
-    terms = {"taylor_diff": (lambda w, c, p: (w * (c - p)).abs(), False),
-             "norm_diff": (lambda w, c, p: (c - p) ** 2, True),
-             "taylor": (lambda w, c, p: (w * c).abs(), False),
-             "magnitude": (lambda w, c, p: w ** 2, True)}
+    same = lambda x: x  # noqa: E731
+    terms = {"taylor_diff": (lambda w, c, p: (w * (c - p)).abs(), same),
+             "norm_diff": (lambda w, c, p: (c - p) ** 2, math.sqrt),
+             "taylor_gap": (lambda w, c, p: (w * c).abs() + (w * (c - p)).abs(), same),
+             "taylor_both": (lambda w, c, p: (w * c).abs() + (w * p).abs(), same),
+             "vec_diff": (lambda w, c, p: w * (c - p), abs),  # signed sum over the group, then |·|
+             "fisher_diff": (lambda w, c, p: (w * (c - p)) ** 2, same),
+             "noise_control": (lambda w, c, p: (w * (c - p)) ** 2, same),  # p: the control view's file
+             "taylor": (lambda w, c, p: (w * c).abs(), same),
+             "taylor_sq": (lambda w, c, p: (w * c) ** 2, same),
+             "magnitude": (lambda w, c, p: w ** 2, math.sqrt)}
+    assert set(terms) == set(NEEDS) - {"random"}  # every width score is checked here
     n_attn = 2 * hd * hidden + 2 * hd + 2 * (hd * hidden + hd) + hidden * 2 * hd
-    for name, (term, root) in terms.items():
+    for name, (term, post) in terms.items():
         ws = width_scores(model, name, tmp_path / "clean.safetensors", tmp_path / "perturbed.safetensors")
         assert ws.attn_size[1] == n_attn and ws.mlp_size[1] == 3 * hidden
         for kind, parts, idx, size in (("attn", group, 1, n_attn), ("mlp", channel, 5, 3 * hidden)):
             s = hand(term, parts)
-            want = math.sqrt(s) if root else s
-            assert ws.values(kind)[1][idx] == pytest.approx(want, rel=1e-6)
-            want_norm = math.sqrt(s / size) if root else s / size
-            assert ws.values(kind, normalise=True)[1][idx] == pytest.approx(want_norm, rel=1e-6)
+            assert ws.values(kind)[1][idx] == pytest.approx(post(s), rel=1e-6), name
+            assert ws.values(kind, normalise=True)[1][idx] == pytest.approx(post(s / size), rel=1e-6), name
     with pytest.raises(PipError, match="needs the perturbed"):
         width_scores(model, "taylor_diff", tmp_path / "clean.safetensors")
     del gc[a + "k_proj.bias"]

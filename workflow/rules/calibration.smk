@@ -5,6 +5,7 @@ rule prepare_calibration:
     output:
         clean="results/calibration/clean.safetensors",
         perturbed="results/calibration/perturbed.safetensors",
+        control="results/calibration/control.safetensors",
         texts="results/calibration/texts.jsonl",
         metrics="results/calibration/calibration.json",
     log:

@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from pipsteps import methods
 from pipsteps.config import ConfigError, check_config
 from pipsteps.zeroshot_tasks import check_tasks_config, local_inputs, resolve_files
 
@@ -18,9 +19,10 @@ except ConfigError as e:
 validate(config, SCHEMA)  # fills in the schema defaults
 
 
-# a variant is {unit}/{method}/r{ratio}; random_sN is the random method with seed N (prune.grid.seeds)
+# a variant is {unit}/{method}/r{ratio}; random_sN is the random method with seed N (prune.grid.seeds), pip-SCORE
+# a PIP method with an explicit score (pipsteps/methods.py)
 UNIT_RE = "depth|width"
-METHOD_RE = r"pip|pip_oneshot|taylor|magnitude|block_influence|random(?:_s\d+)?"
+METHOD_RE = methods.WILDCARD_RE
 VARIANT_RE = rf"(?:{UNIT_RE})/(?:{METHOD_RE})/r0\.\d+"
 
 
@@ -29,21 +31,9 @@ wildcard_constraints:
     method=METHOD_RE,
     ratio=r"0\.\d+",
     round=r"\d+",
-    view="clean|perturbed",
+    view="clean|perturbed|control",
     where=rf"{VARIANT_RE}/round_\d+",  # round r ≥ 2 gradients; the dense ones have no where wildcard
     stage=rf"base|{VARIANT_RE}(/recovered)?",
-
-
-# gradient views each method's scores read (block_influence: a forward-only step, rule block_influence)
-GRAD_METHODS = {
-    "pip": ("clean", "perturbed"),
-    "pip_oneshot": ("clean", "perturbed"),
-    "taylor": ("clean",),
-    "magnitude": (),
-    "random": (),
-    "block_influence": (),
-}
-DEPTH_ONLY = ("block_influence",)
 
 
 def _is_local(source):
@@ -92,26 +82,21 @@ def variants():
     grid = p.get("grid") or {}
     units = grid.get("units") or [p["unit"]]
     ratios = grid.get("ratios") or [p["target_ratio"]]
-    methods = list(dict.fromkeys(grid.get("methods") or [p["method"], *p["baselines"]]))
+    names = list(dict.fromkeys(grid.get("methods") or [p["method"], *p["baselines"]]))
     seeds = grid.get("seeds")
     if seeds:
-        methods = [
-            x for m in methods for x in ([f"random_s{s}" for s in seeds] if m == "random" else [m])
+        names = [
+            x for m in names for x in ([f"random_s{s}" for s in seeds] if m == "random" else [m])
         ]
     return list(
         dict.fromkeys(
             f"{u}/{m}/r{fmt_ratio(r)}"
             for u in units
             for r in ratios
-            for m in methods
-            if not (u != "depth" and m in DEPTH_ONLY)
+            for m in names
+            if methods.applies(u, m)
         )
     )
-
-
-def method_of(method):
-    """The method of a method wildcard: random_sN -> random."""
-    return re.sub(r"_s\d+$", "", method)
 
 
 def variant_seed(wildcards):
@@ -162,28 +147,58 @@ def grads_dir(wildcards):
     return "results/base" if r == 1 else f"{variant_dir(wildcards)}/round_{r}"
 
 
+def variant_needs(wildcards):
+    """The cached inputs a variant's rounds read (pipsteps.methods.needs; the configured score of its unit)."""
+    score = config["prune"]["width_score" if wildcards.unit == "width" else "score"]
+    return methods.needs(wildcards.unit, wildcards.method, score)
+
+
 def round_grads(wildcards):
-    """The gradient files (and, for block_influence, the dense model's block influence) a round's scores read."""
-    method = method_of(wildcards.method)
-    files = {
-        view: f"{grads_dir(wildcards)}/grads_{view}.safetensors" for view in GRAD_METHODS[method]
-    }
-    if method == "block_influence":
+    """The gradient files, calibration views and (one-shot block_influence) the dense model's block influence a
+    round's scores read."""
+    need = variant_needs(wildcards)
+    files = {view: f"{grads_dir(wildcards)}/grads_{view}.safetensors" for view in need.grads}
+    files |= {f"calib_{view}": f"results/calibration/{view}.safetensors" for view in need.calib}
+    if need.influence:
         files["influence"] = "results/base/block_influence.json"
     return files
 
 
 def grads_flags(wildcards, input):
-    keys = [*GRAD_METHODS[method_of(wildcards.method)], "influence"]
-    return " ".join(f"--{key} {input[key]}" for key in keys if key in input.keys())
+    keys = ["clean", "perturbed", "control", "calib_clean", "calib_perturbed", "influence"]
+    return " ".join(
+        f"--{key.replace('_', '-')} {input[key]}" for key in keys if key in input.keys()
+    )
+
+
+def forward_flags(wildcards, threads):
+    """Compute flags of the forward-only scores (sleb, block_influence_iter, ablation scores): they run on the
+    configured device; the other scores only read files."""
+    if not variant_needs(wildcards).calib:
+        return ""
+    c = config["compute"]
+    return (
+        f"--device {c['device']} --micro-batch {config['gradients']['micro_batch']}"
+        f" --threads {threads}"
+    )
+
+
+def forward_threads(wildcards):
+    return 2 if variant_needs(wildcards).calib else 1
+
+
+def forward_gpu(wildcards):
+    return 1 if variant_needs(wildcards).calib else 0
 
 
 def prune_score(wildcards):
     """Only the PIP variants depend on their unit's score (prune.score for depth, prune.width_score for width),
-    so changing one does not rerun the baselines or the other unit."""
-    if method_of(wildcards.method) not in ("pip", "pip_oneshot"):
+    so changing one does not rerun the baselines or the other unit; pip-SCORE variants carry their own.
+    """
+    base, explicit, _ = methods.parse(wildcards.method)
+    if base not in methods.PIP_METHODS:
         return "none"
-    return config["prune"]["width_score" if wildcards.unit == "width" else "score"]
+    return explicit or config["prune"]["width_score" if wildcards.unit == "width" else "score"]
 
 
 def grad_model(wildcards):

@@ -14,16 +14,19 @@ rule prune_round:
         "benchmarks/prune_round/{unit}/{method}/r{ratio}/round_{round}.tsv"
     conda:
         "../../envs/pipsteps.yaml"
+    threads: forward_threads
     resources:
+        gpu=forward_gpu,
         mem_mb=16000,
         runtime="1h",
     params:
         score=prune_score,
         seed=variant_seed,
         grads=grads_flags,
+        forward=forward_flags,
     shell:
         "python -m pipsteps.prune --round {wildcards.round} --method {wildcards.method}"
-        " --score {params.score} --seed {params.seed} {params.grads}"
+        " --score {params.score} --seed {params.seed} {params.grads} {params.forward}"
         " --model {input.model} --plan {input.plan} --calibration {input.calibration}"
         " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
 

@@ -1,0 +1,60 @@
+"""Markdown tables from one or more bench/pip_grid.py JSON files: every variant's PPL@128 and zero-shot average
+(mean ± sample std over the seeds, and min..max), per unit and ratio, with each PIP variant's change against the
+best non-PIP method of the same unit and ratio.
+
+    python bench/pip_grid_report.py bench/out/pip_grid_width.json bench/out/pip_grid_depth.json > table.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PIP = ("pip", "pip_oneshot")
+
+
+def is_pip(method: str) -> bool:
+    return method.split("-")[0] in PIP
+
+
+def cell(s: dict | None, digits: int = 1, scale: float = 1.0) -> str:
+    if not s:
+        return "–"
+    m, sd, lo, hi = (s[k] * scale for k in ("mean", "std", "min", "max"))
+    if s["n"] == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {sd:.{digits}f} ({lo:.{digits}f}..{hi:.{digits}f})"
+
+
+def main(paths: list[str]) -> None:
+    variants, dense = {}, None
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        for k, v in data["variants"].items():
+            if k == "dense":
+                dense = dense or v
+            else:
+                variants[k] = v
+    print(f"dense: PPL@128 {cell(dense['ppl128'], 2)}, zero-shot avg {cell(dense['zs_avg'], 1, 100)} %\n")
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for k, v in variants.items():
+        unit, method, ratio = k.split("/")
+        groups.setdefault((unit, ratio), []).append((method, v))
+    for (unit, ratio), rows in sorted(groups.items()):
+        rows.sort(key=lambda mv: mv[1]["ppl128"]["mean"])
+        base = [v["ppl128"]["mean"] for m, v in rows if not is_pip(m)]
+        best = min(base) if base else None
+        best_name = next((m for m, v in rows if not is_pip(m)), None)
+        print(f"\n**{unit}, target {ratio[1:]}** (best non-PIP: `{best_name}`)\n")
+        print("| method | score | params | PPL@128 mean ± std (min..max) | vs best non-PIP | zero-shot avg % | seeds |")
+        print("|---|---|---|---|---|---|---|")
+        for m, v in rows:
+            rel = f"{(v['ppl128']['mean'] / best - 1) * 100:+.1f}%" if best and is_pip(m) else ""
+            zs = v["zs_avg"]
+            print(f"| `{m}` | {v.get('score') or '–'} | {v['params'] / 1e6:.2f} M | {cell(v['ppl128'])} | {rel} "
+                  f"| {cell(zs, 1, 100)} | {v['ppl128']['n']} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
