@@ -194,8 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 grads[view] = rdir / f"grads_{view}.safetensors"
                 cfg = replace(grad_cfg, round=r, view=view)
                 step("gradients", lambda: gradients(cfg, prev, calib, grads[view]), round=r, view=view)
-            out = step("prune", lambda: prune(PruneConfig(round=r), prev, plan, rdir / "model", grads["clean"],
-                                              grads["perturbed"]), round=r)
+            out = step("prune", lambda: prune(PruneConfig(round=r), prev, plan, rdir / "model", grads), round=r)
             rounds.append({"round": r, "removed": [x["orig_index"] for x in out["removed"]],
                            "achieved_ratio": out["achieved_ratio"]})
             for g in grads.values():

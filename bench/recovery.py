@@ -1,8 +1,8 @@
 """Benchmark: LoRA recovery of the embedded SmolLM2 pruned at ratio 0.2, perplexity before and after.
 
-Prepares `embedded:smollm2`, removes 8 of its 30 layers (default: the layers PIP removes in the default run,
-README "Measured"), evaluates held-out perplexity like the default workflow (embedded:heldout, 128- and 2048-token
-chunks, 4096 tokens), runs a short LoRA recovery on local plain text (embedded:calibration, disjoint from the
+Prepares `embedded:smollm2`, removes 8 of its 30 layers (default: the layers depth PIP removed in the earlier
+default run, README "Measured"), evaluates held-out perplexity like the default workflow (embedded:heldout, 128- and
+2048-token chunks, 4096 tokens), runs a short LoRA recovery on local plain text (embedded:calibration, disjoint from the
 evaluation text) and evaluates the recovered model. Writes bench/out/recovery.json.
 
     python bench/recovery.py [--workdir DIR] [--steps 20] [--batch-size 8] [--cutoff 64] [--lr 1e-3] [--warmup-steps 1]
@@ -35,7 +35,7 @@ from pipsteps.recover import run as recover
 from pipsteps.surgery import read_manifest, remove_layers, save_pruned
 
 REPO = Path(__file__).resolve().parents[1]
-PIP_LAYERS = (26, 25, 22, 15, 28, 6, 23, 21)  # removed by PIP (norm_diff) at ratio 0.2 in the default run
+PIP_LAYERS = (26, 25, 22, 15, 28, 6, 23, 21)  # depth PIP (norm_diff) at ratio 0.2, the earlier default run
 
 
 def main() -> None:

@@ -65,9 +65,8 @@ def check_combinations(config: dict[str, Any], schema: dict[str, Any]) -> None:
 
 
 def check_methods(config: dict[str, Any], schema: dict[str, Any]) -> None:
-    """Every method runs at some unit of the run: depth-only methods and scores need unit depth, width scores
-    unit width; an explicit pip-SCORE must name a score of some unit; the configured scores must suit the method
-    of their unit (pipsteps.methods)."""
+    """Every method runs at some unit of the run: depth-only methods and scores need unit depth, width-only scores
+    unit width, and an explicit pip-SCORE must name a score of some unit (pipsteps.methods)."""
     grid = value(config, schema, "prune.grid") or {}
     units = grid.get("units") or [value(config, schema, "prune.unit")]
     names = grid.get("methods") or [value(config, schema, "prune.method"), *value(config, schema, "prune.baselines")]
@@ -82,4 +81,3 @@ def check_methods(config: dict[str, Any], schema: dict[str, Any]) -> None:
                 else "groups (unit width)"
             raise ConfigError(f"config: {key}: {name} prunes {where} only, but the run's units are "
                               f"{', '.join(units)} (list that unit in prune.unit or prune.grid.units)")
-
