@@ -61,7 +61,7 @@ def wanted(ns: argparse.Namespace, unit: str, method: str) -> bool:
     return base in (ns.depth_methods if unit == "depth" else ns.width_methods)
 
 
-def collect(workdir: Path, seed: int, ns: argparse.Namespace) -> dict[str, dict]:
+def collect(workdir: Path, ns: argparse.Namespace) -> dict[str, dict]:
     """{variant (seedless): {ppl128, zs_avg, params, ratio, removed_layers, prune_s}} of one seed's run."""
     out = {}
     results = workdir / "results"
@@ -144,7 +144,7 @@ def main() -> None:
                     shutil.rmtree(d)
             done.write_text("")
         walls[seed] = round(time.perf_counter() - t, 1) if ran else None  # None: every ratio was done before
-        runs[seed] = collect(wd, seed, ns)
+        runs[seed] = collect(wd, ns)
         print(f"seed {seed}: {len(runs[seed]) - 1} variants in {walls[seed]} s", flush=True)
     keys = sorted({k for r in runs.values() for k in r})
     table = {}

@@ -16,7 +16,6 @@ layer i, which halves the cost of a naive full forward per candidate.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 import torch
@@ -25,8 +24,6 @@ from tqdm.auto import tqdm
 
 from pipsteps.io import PipError
 from pipsteps.surgery import decoder_layers
-
-log = logging.getLogger("pipsteps.ablation")
 
 
 def _hidden(out: Any) -> torch.Tensor:
@@ -42,7 +39,7 @@ def _loss(model: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def _record(model: torch.nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[dict], torch.Tensor]:
-    """(input of every decoder layer, each layer's keyword arguments, the final hidden state) for one batch."""
+    """(input of every decoder layer, each layer's keyword arguments, the last layer's output) for one batch."""
     layers = decoder_layers(model)
     inputs: list[torch.Tensor] = [torch.empty(0)] * len(layers)
     kwargs: list[dict] = [{}] * len(layers)

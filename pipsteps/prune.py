@@ -36,7 +36,7 @@ from pipsteps.gradients import load_ids
 from pipsteps.io import (PipError, Timer, count_params, load_model, load_tokenizer, read_json, resolve_device,
                          set_threads, write_json)
 from pipsteps.plan import base_method
-from pipsteps.scores import ABLATION_SCORES, ablation_scores, depth_scores, layer_stats
+from pipsteps.scores import ablation_scores, depth_scores, layer_stats
 from pipsteps.surgery import decoder_layers, read_manifest, remove_layers, save_pruned
 from pipsteps.width import prune_width, select_global, select_local
 from pipsteps.width_scores import width_scores
@@ -83,22 +83,25 @@ def _grad_files(unit: str, cfg: PruneConfig, grads: dict[str, Path | None]) -> t
     return (grads["clean"] if "clean" in need else None), next((grads[v] for v in need if v != "clean"), None)
 
 
-def forward_scores(name: str, model, calib: dict[str, Path | None], candidates: list[int], cfg: PruneConfig
-                   ) -> list[float | None]:
-    """Forward-only depth scores on the current model: block influence, or an ablation score (sleb, gap_…)."""
-    missing = [v for v in methods.needs("depth", cfg.method, cfg.score).calib if calib.get(v) is None]
+def forward_scores(name: str, model, calib: dict[str, Path | None], views: tuple[str, ...], candidates: list[int],
+                   cfg: PruneConfig) -> list[float | None]:
+    """Forward-only depth scores on the current model, from the calibration `views` the score reads: block
+    influence, or an ablation score (sleb, gap_…). The model goes to cfg.device and back to the CPU."""
+    missing = [v for v in views if calib.get(v) is None]
     if missing:
         raise PipError(f"{cfg.method} ({name}) needs the {' and '.join(missing)} calibration view(s) (--calib-…)")
-    device = resolve_device(cfg.device)
-    model.to(device)
-    if name == "block_influence_iter":
-        return block_influence(model, load_ids(calib["clean"]), cfg.micro_batch)[0]
-    views = [v for v in ("clean", "perturbed") if v in methods.needs("depth", cfg.method, cfg.score).calib]
-    full, skipped = {}, {}
-    for v in views:
-        full[v], skipped[v] = skip_losses(model, load_ids(calib[v]), candidates, cfg.micro_batch, desc=f"skip {v}")
-    log.info("calibration loss %s; with each candidate layer skipped: %s", full, skipped)
-    return ablation_scores(name, full, skipped, len(decoder_layers(model)))
+    model.to(resolve_device(cfg.device))
+    try:
+        if name == "block_influence_iter":
+            return block_influence(model, load_ids(calib["clean"]), cfg.micro_batch)[0]
+        full, skipped = {}, {}
+        for v in views:
+            full[v], skipped[v] = skip_losses(model, load_ids(calib[v]), candidates, cfg.micro_batch,
+                                              desc=f"skip {v}")
+        log.info("calibration loss %s; with each candidate layer skipped: %s", full, skipped)
+        return ablation_scores(name, full, skipped, len(decoder_layers(model)))
+    finally:
+        model.to("cpu")
 
 
 def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, grads: dict[str, Path | None],
@@ -108,16 +111,16 @@ def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
     k = plan["per_round"][cfg.round - 1]
     candidates = list(range(plan["protect_first"], n - plan["protect_last"]))
     scores = None
-    if name == "block_influence":
+    need = methods.needs("depth", cfg.method, cfg.score)
+    if need.influence:
         if influence is None:
             raise PipError("method 'block_influence' needs the block influence JSON (--influence)")
         scores = read_json(influence)["scores"]
         if len(scores) != n:
             raise PipError(f"{influence} scores {len(scores)} layers, the model has {n}: it was computed on another "
                            "model (block influence is one-shot, from the dense model)")
-    elif name in ABLATION_SCORES or name == "block_influence_iter":
-        scores = forward_scores(name, model, calib, candidates, cfg)
-        model.to("cpu")
+    elif need.calib:
+        scores = forward_scores(name, model, calib, need.calib, candidates, cfg)
     elif name != "random":
         scores = depth_scores(name, layer_stats(model, *_grad_files("depth", cfg, grads)))
     remove = choose(scores, candidates, k, random.Random(f"{seed_of(cfg)}:{cfg.round}"))
