@@ -9,7 +9,7 @@ so their spread is the spread over draws.
 
     python bench/pip_grid.py --workdir /tmp/pipgrid [--seeds 0 1 2] [--ratios 0.2 0.3] [--limit 40]
         [--tasks-ratios 0.2] [--depth-methods ...] [--width-methods ...] [--drop-models] [--collect-only]
-        [--out bench/out/pip_grid.json]
+        [--set perturbation.draws=4 ...] [--out bench/out/pip_grid.json]
 
 A finished (seed, ratio) leaves a `done_r{ratio}` marker and is not run again; `--drop-models` deletes the pruned
 models after each run (the grid keeps ~0.5 GB per round otherwise); `--collect-only` tabulates what exists.
@@ -53,6 +53,13 @@ def seed_config(ns: argparse.Namespace, seed: int, ratio: float, model_source: s
     tasks = ns.limit > 0 and ratio in ns.tasks_ratios
     cfg["eval"]["tasks"] = {"enabled": tasks, "data_dir": str(ns.data_dir), "limit": max(ns.limit, 1)}
     cfg["mlflow"] = {"enabled": False}
+    for item in ns.set:  # KEY.PATH=YAML value, e.g. perturbation.rate=0.4
+        key, _, val = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(val)
     return cfg
 
 
@@ -106,6 +113,8 @@ def main() -> None:
     p.add_argument("--ppl-tokens", type=int, default=8192, help="capped WikiText-2 slice (tokens)")
     p.add_argument("--limit", type=int, default=40, help="zero-shot examples per task (0: no zero-shot)")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides of every seed's run (dotted keys, YAML values), e.g. perturbation.draws=4")
     p.add_argument("--collect-only", action="store_true",
                    help="run nothing: tabulate the variants the work directories already hold (an interrupted grid)")
     p.add_argument("--drop-models", action="store_true",
@@ -138,11 +147,12 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(f"seed {seed}, ratio {ratio}: snakemake failed (exit {proc.returncode}), see "
                          f"{wd / f'snakemake_r{ratio}.log'}")
-            model_source = model_source or str((wd / "results/base/model").resolve())
             if ns.drop_models:  # the variants' pruned models (about 0.5 GB each round) once evaluated
                 for d in (wd / "results").glob(f"*/*/r{ratio}/round_*/model"):
                     shutil.rmtree(d)
             done.write_text("")
+        if model_source is None and (wd / "results/base/model").is_dir():  # also when this seed was done before
+            model_source = str((wd / "results/base/model").resolve())
         walls[seed] = round(time.perf_counter() - t, 1) if ran else None  # None: every ratio was done before
         runs[seed] = collect(wd, ns)
         print(f"seed {seed}: {len(runs[seed]) - 1} variants in {walls[seed]} s", flush=True)
@@ -153,7 +163,7 @@ def main() -> None:
         table[k] = {"ppl128": spread([r["ppl128"] for r in rows]), "zs_avg": spread([r["zs_avg"] for r in rows]),
                     **{f: rows[0].get(f) for f in ("params", "ratio", "score")},
                     "removed_layers": {s: runs[s][k].get("removed_layers") for s in ns.seeds if k in runs[s]}}
-    out = {"command": command, "model": "embedded:smollm2 (SmolLM2-135M-Instruct, fp32)", "seeds": ns.seeds,
+    out = {"command": command, "overrides": ns.set, "model": "embedded:smollm2 (SmolLM2-135M-Instruct, fp32)", "seeds": ns.seeds,
            "ratios": ns.ratios, "ppl": f"WikiText-2 test, first {ns.ppl_tokens} tokens, chunks of 128",
            "zero_shot": f"7 tasks, first {ns.limit} examples each, average as in pipsteps.zeroshot",
            "calibration": "8 x 64 tokens of the embedded text per seed (config.yaml)", "wall_s_per_seed": walls,

@@ -3,8 +3,10 @@
 The corpus (rows joined with "\\n\\n") is cut into consecutive windows of seq_len + margin tokens snapped to word
 boundaries; n of them are drawn with the seed. The words inside each window's first seq_len tokens are perturbed
 (rule-based real-word one-edit generator, see pipsteps.perturb; `token_noise` replaces token ids instead) and both views are tokenized independently and truncated to exactly seq_len
-tokens, so neither needs padding. Writes `clean.safetensors` / `perturbed.safetensors` (input_ids, int64,
-(n, seq_len)), `control.safetensors` (n further clean windows, disjoint from the clean ones, for the
+tokens, so neither needs padding. With `draws` = k > 1 every window is perturbed k times (independent draws): the
+perturbed view then has n·k rows, draw j of window i at row i·k + j, so its mean gradient and mean loss average
+over the draws. Writes `clean.safetensors` (input_ids, int64, (n, seq_len)), `perturbed.safetensors` ((n·k,
+seq_len)), `control.safetensors` (n further clean windows, disjoint from the clean ones, for the
 `noise_control` score: clean vs another clean batch instead of clean vs perturbed), `texts.jsonl` (both texts
 and the edits, for humans) and a metrics JSON with the achieved edit rate.
 """
@@ -42,6 +44,7 @@ class CalibConfig:
     seed: int = field(default=0, metadata={"help": "seed for window choice and perturbation"})
     generator: str = field(default="rule_based", metadata={"help": "rule_based or token_noise"})
     rate: float = field(default=0.2, metadata={"help": "fraction p of eligible words (tokens) to edit"})
+    draws: int = field(default=1, metadata={"help": "perturbations per window k (perturbed view: n*k rows)"})
     min_len: int = field(default=3, metadata={"help": "minimum length of an editable word"})
     min_freq: int = field(default=2, metadata={"help": "minimum corpus frequency of a lexicon word"})
     wordlist: str | None = field(default=None, metadata={"help": "optional extra lexicon, one word per line"})
@@ -60,9 +63,24 @@ def windows(corpus: str, tok: Any, span_tokens: int) -> list[tuple[int, int]]:
     return spans
 
 
+def _perturb(cfg: CalibConfig, tok: Any, lexicon: Any, text: str, c_ids: list[int], cut: int,
+             rng: random.Random) -> tuple[str, list[int], list, int, int]:
+    """One perturbation draw of a window: (perturbed text, its first seq_len token ids, edits, eligible words,
+    changed words/tokens). Only words before character `cut` (inside the first seq_len tokens) are edited."""
+    if cfg.generator == "token_noise":
+        p_ids = token_noise(c_ids, cfg.rate, len(tok), rng)
+        return text, p_ids, [], len(c_ids), sum(a != b for a, b in zip(c_ids, p_ids))
+    if cfg.generator == "rule_based":
+        head, edits, elig = perturb_text(text[:cut], lexicon, cfg.rate, rng, cfg.min_len)
+        p_text = head + text[cut:]
+        return p_text, tok(p_text)["input_ids"][: cfg.seq_len], edits, elig, len(edits)
+    raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: rule_based, token_noise")
+
+
 def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
-    if cfg.n_samples < 1 or cfg.seq_len < 8:
-        raise PipError(f"calibration needs n_samples >= 1 and seq_len >= 8 (got {cfg.n_samples}, {cfg.seq_len})")
+    if cfg.n_samples < 1 or cfg.seq_len < 8 or cfg.draws < 1:
+        raise PipError(f"calibration needs n_samples >= 1, seq_len >= 8 and draws >= 1 (got {cfg.n_samples}, "
+                       f"{cfg.seq_len}, {cfg.draws})")
     with Timer() as t:
         tok = load_tokenizer(tokenizer_dir)
         rows = [r for r in read_rows(cfg.source, text_field=cfg.text_field, dataset_config=cfg.dataset_config,
@@ -93,25 +111,16 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
             # edit only words inside the first seq_len tokens (the rest is cut off); keep the tail as is
             cut = enc["offset_mapping"][cfg.seq_len - 1][1]
             cut = max((i for i in range(cut) if text[i].isspace()), default=0)
-            if cfg.generator == "token_noise":
-                p_text, edits, elig = text, [], len(c_ids)
-                p_ids = token_noise(c_ids, cfg.rate, len(tok), sample_rng)
-                n_changed = sum(a != b for a, b in zip(c_ids, p_ids))
-            elif cfg.generator == "rule_based":
-                head, edits, elig = perturb_text(text[:cut], lexicon, cfg.rate, sample_rng, cfg.min_len)
-                p_text = head + text[cut:]
-                p_ids = tok(p_text)["input_ids"][: cfg.seq_len]
-                n_changed = len(edits)
-            else:
-                raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: rule_based, token_noise")
-            if len(p_ids) < cfg.seq_len or p_ids == c_ids:
+            draws = [_perturb(cfg, tok, lexicon, text, c_ids, cut, sample_rng) for _ in range(cfg.draws)]
+            if any(len(d[1]) < cfg.seq_len or d[1] == c_ids for d in draws):
                 continue  # rare: window came out short, or had no editable word; take the next one
             clean.append(c_ids)
-            pert.append(p_ids)
-            n_edit, n_elig = n_edit + n_changed, n_elig + elig
-            records.append({"window": k, "clean": text, "perturbed": p_text, "eligible_words": elig,
-                            "edits": [[e.old, e.new] for e in edits],
-                            "clean_tokens": tok.decode(c_ids), "perturbed_tokens": tok.decode(p_ids)})
+            for j, (p_text, p_ids, edits, elig, n_changed) in enumerate(draws):
+                pert.append(p_ids)
+                n_edit, n_elig = n_edit + n_changed, n_elig + elig
+                records.append({"window": k, "draw": j, "clean": text, "perturbed": p_text, "eligible_words": elig,
+                                "edits": [[e.old, e.new] for e in edits],
+                                "clean_tokens": tok.decode(c_ids), "perturbed_tokens": tok.decode(p_ids)})
         if len(clean) < cfg.n_samples:
             raise PipError(f"calibration text too short: only {len(clean)} usable windows of {cfg.seq_len} tokens "
                            f"in {cfg.source}, need {cfg.n_samples}")
@@ -124,7 +133,7 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
         views = (("clean", clean), ("perturbed", pert), ("control", control))
         ids = {v: torch.tensor(x, dtype=torch.int64) for v, x in views}  # (n, L)
         digest = hashlib.sha256(ids["clean"].numpy().tobytes() + ids["perturbed"].numpy().tobytes()).hexdigest()[:16]
-        meta = {"source": cfg.source, "seed": str(cfg.seed), "calibration_hash": digest}
+        meta = {"source": cfg.source, "seed": str(cfg.seed), "draws": str(cfg.draws), "calibration_hash": digest}
         out_dir.mkdir(parents=True, exist_ok=True)
         for view, x in ids.items():
             with atomic_path(out_dir / f"{view}.safetensors") as tmp:
@@ -137,9 +146,11 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
     if rate < 0.5 * cfg.rate:
         log.warning("achieved edit rate %.3f is far below the target %.3f: the lexicon is too small for this text "
                     "(add a word list with perturbation.wordlist)", rate, cfg.rate)
-    return {"n_samples": cfg.n_samples, "seq_len": cfg.seq_len, "edit_rate": rate, "target_rate": cfg.rate,
+    return {"n_samples": cfg.n_samples, "seq_len": cfg.seq_len, "draws": cfg.draws, "edit_rate": rate,
+            "target_rate": cfg.rate,
             "edits": n_edit, "eligible": n_elig, "lexicon_size": len(lexicon), "calibration_hash": digest,
-            "token_diff_fraction": float((ids["clean"] != ids["perturbed"]).float().mean()),
+            "token_diff_fraction": float((ids["clean"].repeat_interleave(cfg.draws, 0) != ids["perturbed"])
+                                         .float().mean()),
             "control_samples": len(control),
             "wall_s": t.seconds}
 

@@ -2,8 +2,14 @@
 
     G_v = ∇_W  (1/n) Σ_samples  CE(M_r, v_sample)
 
-accumulated in fp32 over micro-batches. Only decoder-layer weights take gradients (embeddings, final norm and the
-tied lm_head are frozen, which also saves the large embedding gradient). Writes one safetensors file
+accumulated in fp32 over micro-batches. The paired view `psdiff` (`--paired`, score fisher_ps) stores instead the
+per-sample squared gradient difference, elementwise,
+
+    S = (1/m) Σ_r (g_clean,⌊r/k⌋ − g_pert,r)²    (g_v,i = ∇_W CE(M_r, sample i of view v); m = n·k perturbed rows)
+
+which is (G_clean − G_pert)² plus the spread of the per-sample differences around it. Only decoder-layer
+weights take gradients (embeddings, final norm and the tied lm_head are frozen, which also saves the large
+embedding gradient). Writes one safetensors file
 (`model.layers.{i}.…` → tensor in `save_dtype`) and a metrics JSON with the loss and per-layer gradient norms.
 Non-finite losses or gradients fail naming the round, view and layer; all-zero layer gradients are reported.
 
@@ -21,7 +27,7 @@ import contextlib
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -87,7 +93,8 @@ def activation_checkpointing(model: torch.nn.Module, enabled: bool) -> Iterator[
         model.disable_input_require_grads()
 
 
-def collect(model: torch.nn.Module, ids: torch.Tensor, cfg: GradConfig) -> tuple[dict[str, torch.Tensor], float]:
+def collect(model: torch.nn.Module, ids: torch.Tensor, cfg: GradConfig, progress: bool = True
+            ) -> tuple[dict[str, torch.Tensor], float]:
     """Return ({param name: fp32 mean-loss gradient} for decoder-layer params, mean loss).
 
     Plain path: an fp32 accumulator beside each parameter, added to after each micro-batch's backward. Lean path:
@@ -117,7 +124,8 @@ def collect(model: torch.nn.Module, ids: torch.Tensor, cfg: GradConfig) -> tuple
     batches = list(torch.split(ids, cfg.micro_batch))
     try:
         with activation_checkpointing(model, cfg.checkpointing):
-            for b, x in enumerate(tqdm(batches, desc=f"grads r{cfg.round} {cfg.view}", unit="batch")):
+            for b, x in enumerate(tqdm(batches, desc=f"grads r{cfg.round} {cfg.view}", unit="batch",
+                                       disable=not progress)):
                 x = x.to(device)
                 loss = model(input_ids=x, labels=x, use_cache=False).loss  # mean over the batch's tokens
                 if not torch.isfinite(loss):
@@ -140,6 +148,30 @@ def collect(model: torch.nn.Module, ids: torch.Tensor, cfg: GradConfig) -> tuple
     return {name: acc[name] for name in params}, total
 
 
+def paired_sq_diff(model: torch.nn.Module, clean: torch.Tensor, perturbed: torch.Tensor, cfg: GradConfig
+                   ) -> tuple[dict[str, torch.Tensor], float, float]:
+    """(S = mean over perturbed rows r of (g_clean,⌊r/k⌋ − g_pert,r)², elementwise; mean clean loss; mean perturbed
+    loss). Row r of the perturbed view is a perturbation of clean window ⌊r/k⌋ (pipsteps.calibration draws = k);
+    every per-sample gradient is one forward/backward of that sample alone (2n·k passes of one sample)."""
+    n, m = clean.shape[0], perturbed.shape[0]
+    if m % n:
+        raise PipError(f"the perturbed view has {m} rows, not a multiple of the clean view's {n}: the two views do "
+                       "not come from the same calibration step")
+    k, one = m // n, replace(cfg, micro_batch=1)
+    acc: dict[str, torch.Tensor] = {}
+    lc = lp = 0.0
+    for i in tqdm(range(n), desc=f"per-sample grads r{cfg.round}", unit="window"):
+        gc, loss_c = collect(model, clean[i:i + 1], one, progress=False)
+        lc += loss_c / n
+        for r in range(i * k, (i + 1) * k):
+            gp, loss_p = collect(model, perturbed[r:r + 1], one, progress=False)
+            lp += loss_p / m
+            for name, g in gc.items():
+                d2 = (g - gp[name]).square_()
+                acc[name] = acc[name].add_(d2) if name in acc else d2
+    return {name: a.div_(m) for name, a in acc.items()}, lc, lp
+
+
 def check_finite(grads: dict[str, torch.Tensor], cfg: GradConfig) -> list[int]:
     """Fail on NaN/inf (naming the layer); return the layers whose gradient is exactly zero."""
     per_layer: dict[int, float] = {}
@@ -158,13 +190,19 @@ def layer_norms(grads: dict[str, torch.Tensor]) -> list[float]:
     return [math.sqrt(sq[i]) for i in sorted(sq)]
 
 
-def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path) -> dict[str, Any]:
+def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path, paired: Path | None = None) -> dict[str, Any]:
+    """Mean-loss gradients of the view `calib`; with `paired` (the perturbed view), the per-sample statistic S of
+    `calib` (the clean view) against it."""
     set_threads(cfg.threads)
     device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
     with Timer() as t:
         model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
         ids = load_ids(calib)
-        grads, loss = collect(model, ids, cfg)
+        extra: dict[str, Any] = {}
+        if paired is None:
+            grads, loss = collect(model, ids, cfg)
+        else:
+            grads, loss, extra["perturbed_loss"] = paired_sq_diff(model, ids, load_ids(paired), cfg)
         zero = check_finite(grads, cfg)
         if zero:
             log.warning("round %d view %s: layers %s have all-zero gradients", cfg.round, cfg.view, zero)
@@ -174,7 +212,7 @@ def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path) -> dict[str, A
             save_file({k: v.to(save_dt).contiguous().cpu() for k, v in grads.items()}, str(tmp), metadata=meta)
     log.info("round %d view %s: loss %.4f, %d tensors in %.1fs", cfg.round, cfg.view, loss, len(grads), t.seconds)
     return {"loss": loss, "grad_norm_per_layer": layer_norms(grads), "zero_grad_layers": zero,
-            "n_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "wall_s": t.seconds,
+            **extra, "n_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "wall_s": t.seconds,
             "peak_mem_mb": t.peak_mem_mb, "device": str(device), "devices": model_devices(model)}
 
 
@@ -182,11 +220,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, type=Path, help="model directory of this round")
         p.add_argument("--calib", required=True, type=Path, help="calibration view (safetensors input_ids)")
+        p.add_argument("--paired", type=Path, default=None,
+                       help="perturbed view: write the per-sample squared difference against it (view psdiff)")
         p.add_argument("--out", required=True, type=Path, help="output gradients (safetensors)")
         p.add_argument("--metrics", required=True, type=Path, help="output metrics JSON")
 
     cfg, ns = cli.parse(GradConfig, argv, __doc__.splitlines()[0], extra)
-    metrics = run(cfg, ns.model, ns.calib, ns.out)
+    metrics = run(cfg, ns.model, ns.calib, ns.out, ns.paired)
     write_json(ns.metrics, {"config": asdict(cfg), **metrics})
 
 

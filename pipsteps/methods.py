@@ -4,7 +4,8 @@ A method wildcard is `method`, `method-score` (a PIP method with an explicit sco
 grid compares several scores side by side) or `random_sN` (the random method with seed N). Inputs:
 
 - `grads`: gradient files of the model being pruned (round 1: the dense model's, shared by every variant),
-  one per calibration view (clean, perturbed, or control = a second clean batch);
+  one per calibration view (clean, perturbed, or control = a second clean batch), or `psdiff`: the per-sample
+  squared clean-minus-perturbed gradient difference (pipsteps.gradients);
 - `calib`: calibration views the prune step runs forward passes on itself (forward-only ablation scores);
 - `influence`: the dense model's block influence JSON (one-shot ShortGPT).
 """
@@ -22,19 +23,19 @@ class Needs:
     influence: bool = False
 
 
-CP, CC = ("clean", "perturbed"), ("clean", "control")
+CP, CC, PS = ("clean", "perturbed"), ("clean", "control"), ("psdiff",)
 PIP_METHODS = ("pip", "pip_oneshot")
 # depth scores of the PIP methods (pipsteps.scores: gradient statistics; pipsteps.ablation: forward-only)
 DEPTH_SCORES: dict[str, Needs] = {
     "norm_diff": Needs(grads=CP), "rel_diff": Needs(grads=CP), "cos_diff": Needs(grads=CP),
     "taylor_diff": Needs(grads=CP), "fisher_diff": Needs(grads=CP), "noise_control": Needs(grads=CC),
-    "gap_ablation": Needs(calib=CP), "pip_greedy": Needs(calib=CP), "gap_greedy": Needs(calib=CP),
+    "fisher_ps": Needs(grads=PS), "gap_ablation": Needs(calib=CP), "pip_greedy": Needs(calib=CP), "gap_greedy": Needs(calib=CP),
 }
 # width scores of the PIP methods (pipsteps.width_scores)
 WIDTH_SCORES: dict[str, Needs] = {
     "taylor_diff": Needs(grads=CP), "norm_diff": Needs(grads=CP), "taylor_gap": Needs(grads=CP),
     "taylor_both": Needs(grads=CP), "vec_diff": Needs(grads=CP), "fisher_diff": Needs(grads=CP),
-    "noise_control": Needs(grads=CC),
+    "noise_control": Needs(grads=CC), "fisher_ps": Needs(grads=PS),
 }
 BASELINES: dict[str, Needs] = {
     "taylor": Needs(grads=("clean",)), "taylor_sq": Needs(grads=("clean",)), "magnitude": Needs(), "random": Needs(),

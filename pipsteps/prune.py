@@ -75,7 +75,8 @@ def choose(scores: list[float] | None, candidates: list[int], k: int, rng: rando
 
 
 def _grad_files(unit: str, cfg: PruneConfig, grads: dict[str, Path | None]) -> tuple[Path | None, Path | None]:
-    """(first, second) gradient file a score reads: clean, and perturbed (control for noise_control)."""
+    """(first, second) gradient file a score reads: clean, and perturbed (control for noise_control, the psdiff
+    statistic alone for fisher_ps)."""
     need = methods.needs(unit, cfg.method, cfg.score).grads
     missing = [v for v in need if grads.get(v) is None]
     if missing:
@@ -173,7 +174,7 @@ def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
 def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
         grads: dict[str, Path | None] | None = None, calibration_hash: str = "", influence: Path | None = None,
         calib: dict[str, Path | None] | None = None) -> dict[str, Any]:
-    """`grads`: {view: gradient file} (clean, perturbed, control); `calib`: {view: calibration ids} for the
+    """`grads`: {view: gradient file} (clean, perturbed, control, psdiff); `calib`: {view: calibration ids} for the
     forward-only scores; `influence`: the dense model's block influence JSON."""
     grads, calib = grads or {}, calib or {}
     if not 1 <= cfg.round <= plan["rounds"]:
@@ -215,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--clean", type=Path, default=None, help="clean-view gradients")
         p.add_argument("--perturbed", type=Path, default=None, help="perturbed-view gradients")
         p.add_argument("--control", type=Path, default=None, help="control-view gradients (noise_control)")
+        p.add_argument("--psdiff", type=Path, default=None, help="per-sample squared gradient difference (fisher_ps)")
         p.add_argument("--calib-clean", type=Path, default=None, help="clean calibration view (forward-only scores)")
         p.add_argument("--calib-perturbed", type=Path, default=None, help="perturbed calibration view (ablation)")
         p.add_argument("--influence", type=Path, default=None, help="block influence JSON (block_influence)")
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cfg, ns = cli.parse(PruneConfig, argv, __doc__.splitlines()[0], extra)
     calib_hash = read_json(ns.calibration)["calibration_hash"] if ns.calibration else ""
-    grads = {"clean": ns.clean, "perturbed": ns.perturbed, "control": ns.control}
+    grads = {"clean": ns.clean, "perturbed": ns.perturbed, "control": ns.control, "psdiff": ns.psdiff}
     calib = {"clean": ns.calib_clean, "perturbed": ns.calib_perturbed}
     metrics = run(cfg, ns.model, read_json(ns.plan), ns.out, grads, calib_hash, ns.influence, calib)
     write_json(ns.metrics, {"config": asdict(cfg), **metrics})

@@ -9,6 +9,8 @@ With D = G_clean − G_perturbed summed over all parameters of decoder layer i:
     fisher_diff  Σ (W_i ⊙ D_i)²                           (Fisher-style squared difference)
     noise_control  ‖G_clean,i − G_control,i‖₂              (control: a second clean batch in place of the
                                                           perturbed view; does the perturbation add signal?)
+    fisher_ps    Σ W_i² ⊙ S_i,  S = mean_r (g_clean,r − g_pert,r)²  (per-sample squared difference: the psdiff
+                                                          gradient file of pipsteps.gradients)
     taylor       Σ |W_i ⊙ G_clean,i|                      (LLM-Pruner Element¹, clean view only)
     taylor_sq    Σ (W_i ⊙ G_clean,i)²                     (squared first-order term, clean view only)
     magnitude    ‖W_i‖₂
@@ -43,6 +45,7 @@ DEPTH_SCORES: dict[str, Callable[[Stats], float]] = {
     "taylor_diff": lambda s: s["wd"],
     "fisher_diff": lambda s: s["wd2"],
     "noise_control": lambda s: math.sqrt(s["dd"]),  # layer_stats(model, clean, control)
+    "fisher_ps": lambda s: s["wps"],  # layer_stats(model, None, psdiff)
     "taylor": lambda s: s["wc"],
     "taylor_sq": lambda s: s["wc2"],
     "magnitude": lambda s: math.sqrt(s["ww"]),
@@ -61,7 +64,8 @@ def _sum(x: torch.Tensor) -> float:
 
 def layer_stats(model: torch.nn.Module, clean: Path | None, perturbed: Path | None) -> dict[int, Stats]:
     """Per-layer sums of the products every score needs: dd=ΣD², cc=ΣGc², pp=ΣGp², cp=ΣGc·Gp,
-    wd=Σ|W·D|, wd2=Σ(W·D)², wc=Σ|W·Gc|, wc2=Σ(W·Gc)², ww=ΣW²."""
+    wd=Σ|W·D|, wd2=Σ(W·D)², wc=Σ|W·Gc|, wc2=Σ(W·Gc)², ww=ΣW²; with no clean file, `perturbed` is the per-sample
+    statistic S (psdiff) and wps=ΣW²·S."""
     stats: dict[int, Stats] = defaultdict(lambda: defaultdict(float))
     weights = {n: p.detach() for n, p in model.named_parameters() if layer_of(n) is not None}
     fc = open_safetensors(clean) if clean else None
@@ -70,6 +74,10 @@ def layer_stats(model: torch.nn.Module, clean: Path | None, perturbed: Path | No
         s, w = stats[layer_of(name)], w.float()
         s["ww"] += _sum(w * w)
         if fc is None:
+            if fp is not None:  # the psdiff file: S = mean_r (g_clean,r − g_pert,r)², elementwise
+                if name not in fp.keys():
+                    raise PipError(f"gradient file {perturbed} has no tensor {name}: it was computed on another model")
+                s["wps"] += _sum(w * w * fp.get_tensor(name).float())
             continue
         if name not in fc.keys():
             raise PipError(f"gradient file {clean} has no tensor {name}: it was computed on another model")

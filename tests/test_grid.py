@@ -190,21 +190,48 @@ def test_score_variants_share_calibration_and_dense_gradients(tmp_path):
     The dry run lists the calibration, each dense gradient view and the block influence once; forward-only methods
     read the calibration views and no gradient; width-only and depth-only scores are skipped at the other unit."""
     cfg = grid_config()
-    names = ["pip", "pip-fisher_diff", "pip-pip_greedy", "pip-noise_control", "sleb", "block_influence",
-             "block_influence_iter", "taylor_sq", "random"]
+    names = ["pip", "pip-fisher_diff", "pip-pip_greedy", "pip-noise_control", "pip-fisher_ps", "sleb",
+             "block_influence", "block_influence_iter", "taylor_sq", "random"]
     cfg["prune"]["grid"] = {"units": ["depth", "width"], "methods": names}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = dry_run(tmp_path, tmp_path / "config.yaml", "results/summary.tsv")
     rules = [r for r, _ in jobs]
-    assert sorted(w["view"] for r, w in jobs if r == "collect_gradients") == ["clean", "control", "perturbed"]
+    views = ["clean", "control", "perturbed", "psdiff"]
+    assert sorted(w["view"] for r, w in jobs if r == "collect_gradients") == views
     assert [rules.count(r) for r in ("prepare_model", "prepare_calibration", "block_influence")] == [1, 1, 1]
     plans = sorted(f"{w['unit']}/{w['method']}" for r, w in jobs if r == "plan_rounds")
     assert plans == sorted([f"depth/{m}" for m in names] +
-                           [f"width/{m}" for m in ("pip", "pip-fisher_diff", "pip-noise_control", "taylor_sq",
-                                                   "random")])
+                           [f"width/{m}" for m in ("pip", "pip-fisher_diff", "pip-noise_control", "pip-fisher_ps",
+                                                   "taylor_sq", "random")])
     assert not (tmp_path / "results").exists()
     out = snakemake(tmp_path, "-n", "-p", "results/depth/sleb/r0.2/round_1/round.json",
                     config=tmp_path / "config.yaml").stdout
     cmd = next(line for line in out.splitlines() if "pipsteps.prune" in line)
     assert "--calib-clean results/calibration/clean.safetensors" in cmd and "--device" in cmd
     assert "grads_" not in cmd and "--calib-perturbed" not in cmd
+    # the per-sample view pairs the clean windows with the perturbed ones; fisher_ps reads only its file
+    out = snakemake(tmp_path, "-n", "-p", "results/width/pip-fisher_ps/r0.2/round_1/round.json",
+                    config=tmp_path / "config.yaml").stdout
+    cmd = next(line for line in out.splitlines() if "pipsteps.gradients" in line)
+    assert "--calib results/calibration/clean.safetensors --paired results/calibration/perturbed.safetensors" in cmd
+    cmd = next(line for line in out.splitlines() if "pipsteps.prune" in line)
+    assert "--psdiff results/base/grads_psdiff.safetensors" in cmd and "--clean" not in cmd
+
+
+def test_per_sample_score_runs_with_several_perturbation_draws(tmp_path):
+    """A real run of width pip-fisher_ps with perturbation.draws = 2: the perturbed view holds 2n rows, the psdiff
+    gradient file pairs them with the n clean windows, and the round reads only that file."""
+    cfg = grid_config()
+    cfg["perturbation"] = {"draws": 2}
+    cfg["prune"]["grid"] = {"units": ["width"], "methods": ["pip-fisher_ps"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "results/width/pip-fisher_ps/r0.2/round_1/round.json")
+    r = tmp_path / "results"
+    calib = json.loads((r / "calibration/calibration.json").read_text())
+    assert calib["draws"] == 2 and calib["n_samples"] == cfg["calibration"]["n_samples"]
+    grads = json.loads((r / "base/grads_psdiff.json").read_text())
+    assert grads["n_samples"] == cfg["calibration"]["n_samples"]
+    assert math.isfinite(grads["perturbed_loss"]) and grads["perturbed_loss"] != grads["loss"] > 0
+    rnd = json.loads((r / "width/pip-fisher_ps/r0.2/round_1/round.json").read_text())
+    assert rnd["score"] == "fisher_ps" and rnd["views"] == ["psdiff"] and rnd["removed_groups"]["channels"]
+    assert not (r / "base/grads_clean.safetensors").exists()

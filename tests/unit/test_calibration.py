@@ -25,6 +25,26 @@ def test_two_views_of_exactly_n_by_l_tokens(tiny_dir, tmp_path):
     assert not {tuple(x) for x in control.tolist()} & {tuple(x) for x in clean.tolist()}
 
 
+def test_several_perturbation_draws_per_window(tiny_dir, tmp_path):
+    """draws = k: the perturbed view holds k independent perturbations of every clean window (row i·k + j); the
+    first draw is the single-draw view's, so draws = 1 is unchanged."""
+    one = run(CalibConfig(n_samples=4, seq_len=32, seed=3), tiny_dir, tmp_path / "one")
+    m = run(CalibConfig(n_samples=4, seq_len=32, seed=3, draws=3), tiny_dir, tmp_path / "three")
+    clean = load_file(tmp_path / "three" / "clean.safetensors")["input_ids"]
+    pert = load_file(tmp_path / "three" / "perturbed.safetensors")["input_ids"]
+    assert clean.shape == (4, 32) and pert.shape == (12, 32) and m["draws"] == 3
+    assert torch.equal(clean, load_file(tmp_path / "one" / "clean.safetensors")["input_ids"])
+    assert torch.equal(pert[::3], load_file(tmp_path / "one" / "perturbed.safetensors")["input_ids"])
+    assert (pert != clean.repeat_interleave(3, 0)).any(dim=1).all()  # every draw edits its window
+    # independent draws, not copies of the first (two may coincide on a short window: 10 of 12 differ here)
+    assert len({tuple(x) for x in pert.tolist()}) >= 8
+    records = [json.loads(line) for line in (tmp_path / "three" / "texts.jsonl").read_text().splitlines()]
+    assert [(r["window"], r["draw"]) for r in records][:3] == [(records[0]["window"], j) for j in range(3)]
+    assert 0.15 <= m["edit_rate"] <= 0.21 and one["calibration_hash"] != m["calibration_hash"]
+    with pytest.raises(PipError, match="draws >= 1"):
+        run(CalibConfig(n_samples=4, seq_len=32, draws=0), tiny_dir, tmp_path / "zero")
+
+
 def test_deterministic_under_seed(tiny_dir, tmp_path):
     a = run(CalibConfig(n_samples=4, seq_len=32, seed=1), tiny_dir, tmp_path / "a")
     b = run(CalibConfig(n_samples=4, seq_len=32, seed=1), tiny_dir, tmp_path / "b")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipsteps.gradients import GradConfig, check_finite, collect
+from pipsteps.gradients import GradConfig, check_finite, collect, paired_sq_diff
 from pipsteps.io import PipError
 from pipsteps.scores import DEPTH_SCORES, depth_scores, layer_stats
 from pipsteps.tiny import tiny_model
@@ -74,7 +74,37 @@ def test_pertimport_and_variants_match_hand_computation(setup):
         }
         for name, value in expected.items():
             assert depth_scores(name, stats)[i] == pytest.approx(value, rel=1e-4), (name, i)
-    assert set(expected) == set(DEPTH_SCORES)
+    assert set(expected) | {"fisher_ps"} == set(DEPTH_SCORES)  # fisher_ps: the next test
+
+
+def test_per_sample_squared_difference_matches_per_sample_autograd(setup, tmp_path):
+    """psdiff with k = 2 draws: S = mean over perturbed rows r of (g_clean,⌊r/2⌋ − g_pert,r)², each gradient that of
+    one sample alone; fisher_ps = Σ W²·S per layer. With one draw, S ≥ (G_clean − G_pert)² (mean of squares)."""
+    model, clean, perturbed, files = setup
+    clean3 = clean[:3]
+    pert6 = torch.cat([perturbed[:3], perturbed[3:]]).reshape(2, 3, -1).transpose(0, 1).reshape(6, -1)
+    got, lc, lp = paired_sq_diff(model, clean3, pert6, GradConfig(micro_batch=4))
+    gc = [direct_grads(model, clean3[i:i + 1]) for i in range(3)]
+    gp = [direct_grads(model, pert6[r:r + 1]) for r in range(6)]
+    for name in got:
+        want = sum((gc[r // 2][name] - gp[r][name]) ** 2 for r in range(6)) / 6
+        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-12)
+    with torch.no_grad():
+        assert lc == pytest.approx(model(input_ids=clean3, labels=clean3).loss.item(), rel=1e-5)
+        assert lp == pytest.approx(model(input_ids=pert6, labels=pert6).loss.item(), rel=1e-5)
+    save_file(got, str(tmp_path / "psdiff.safetensors"))
+    stats = layer_stats(model, None, tmp_path / "psdiff.safetensors")
+    weights = dict(model.named_parameters())
+    for i in range(3):
+        want = sum(float((weights[k].detach().double() ** 2 * got[k].double()).sum()) for k in got
+                   if k.startswith(f"model.layers.{i}."))
+        assert depth_scores("fisher_ps", stats)[i] == pytest.approx(want, rel=1e-6)
+    one, _, _ = paired_sq_diff(model, clean, perturbed, GradConfig())
+    mean_c, mean_p = direct_grads(model, clean), direct_grads(model, perturbed)
+    for name, s in one.items():
+        assert (s >= (mean_c[name] - mean_p[name]) ** 2 - 1e-12).all()
+    with pytest.raises(PipError, match="not a multiple"):
+        paired_sq_diff(model, clean[:4], perturbed[:6], GradConfig())
 
 
 def test_identical_views_give_zero_pertimport(setup):

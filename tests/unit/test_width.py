@@ -199,6 +199,7 @@ def test_scores_match_a_hand_computation(tmp_path):
              "vec_diff": (lambda w, c, p: w * (c - p), abs),  # signed sum over the group, then |·|
              "fisher_diff": (lambda w, c, p: (w * (c - p)) ** 2, same),
              "noise_control": (lambda w, c, p: (w * (c - p)) ** 2, same),  # p: the control view's file
+             "fisher_ps": (lambda w, c, p: w ** 2 * p, same),  # p: the psdiff file, S = mean_r (g_c,r − g_p,r)²
              "taylor": (lambda w, c, p: (w * c).abs(), same),
              "taylor_sq": (lambda w, c, p: (w * c) ** 2, same),
              "magnitude": (lambda w, c, p: w ** 2, math.sqrt)}

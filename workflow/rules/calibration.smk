@@ -26,5 +26,5 @@ rule prepare_calibration:
         " --split {params.c[split]} --text-field {params.c[text_field]}"
         " --n-samples {params.c[n_samples]} --seq-len {params.c[seq_len]} --seed {params.c[seed]}"
         " --generator {params.p[generator]} --rate {params.p[rate]} --min-len {params.p[min_len]}"
-        " --min-freq {params.p[min_freq]} --wordlist '{params.p[wordlist]}'"
+        " --min-freq {params.p[min_freq]} --wordlist '{params.p[wordlist]}' --draws {params.p[draws]}"
         " --out-dir results/calibration --metrics {output.metrics} > {log} 2>&1"

@@ -31,7 +31,7 @@ wildcard_constraints:
     method=METHOD_RE,
     ratio=r"0\.\d+",
     round=r"\d+",
-    view="clean|perturbed|control",
+    view="clean|perturbed|control|psdiff",
     where=rf"{VARIANT_RE}/round_\d+",  # round r ≥ 2 gradients; the dense ones have no where wildcard
     stage=rf"base|{VARIANT_RE}(/recovered)?",
 
@@ -165,7 +165,8 @@ def round_grads(wildcards):
 
 
 def grads_flags(wildcards, input):
-    keys = ["clean", "perturbed", "control", "calib_clean", "calib_perturbed", "influence"]
+    keys = ["clean", "perturbed", "control", "psdiff"]
+    keys += ["calib_clean", "calib_perturbed", "influence"]
     return " ".join(
         f"--{key.replace('_', '-')} {input[key]}" for key in keys if key in input.keys()
     )
@@ -199,6 +200,21 @@ def prune_score(wildcards):
     if base not in methods.PIP_METHODS:
         return "none"
     return explicit or config["prune"]["width_score" if wildcards.unit == "width" else "score"]
+
+
+def grad_calib(wildcards):
+    """The calibration view a gradient file is taken on; the per-sample view psdiff pairs the clean windows with
+    their perturbations (pipsteps.gradients --paired)."""
+    if wildcards.view == "psdiff":
+        return {
+            "calib": "results/calibration/clean.safetensors",
+            "paired": "results/calibration/perturbed.safetensors",
+        }
+    return {"calib": f"results/calibration/{wildcards.view}.safetensors"}
+
+
+def paired_flag(wildcards, input):
+    return f"--paired {input.paired}" if "paired" in input.keys() else ""
 
 
 def grad_model(wildcards):

@@ -3,8 +3,8 @@
 # reruns, and Snakemake would then rerun every variant that read it. Later rounds: collect_round_gradients.
 rule collect_gradients:
     input:
+        unpack(grad_calib),
         model=grad_model,
-        calib="results/calibration/{view}.safetensors",
         code=step_code("gradients"),
     output:
         grads="results/base/grads_{view}.safetensors",
@@ -30,13 +30,14 @@ rule collect_gradients:
         checkpointing=lookup(dpath="compute/grad_checkpointing", within=config),
         device_map=lookup(dpath="compute/device_map", within=config),
         require_gpu=lookup(dpath="compute/require_gpu", within=config),
+        paired=paired_flag,
     shell:
         "python -m pipsteps.gradients --round {params.round} --view {wildcards.view}"
         " --micro-batch {params.micro_batch} --save-dtype {params.save_dtype}"
         " --device {params.device} --dtype {params.dtype} --threads {threads}"
         " --lean {params.lean} --checkpointing {params.checkpointing}"
         " --device-map {params.device_map} --require-gpu {params.require_gpu}"
-        " --model {input.model} --calib {input.calib}"
+        " --model {input.model} --calib {input.calib} {params.paired}"
         " --out {output.grads} --metrics {output.metrics} > {log} 2>&1"
 
 
