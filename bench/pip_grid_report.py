@@ -47,13 +47,14 @@ def main(paths: list[str]) -> None:
         best = min(base) if base else None
         best_name = next((m for m, v in rows if not is_pip(m)), None)
         print(f"\n**{unit}, target {ratio[1:]}** (best non-PIP: `{best_name}`)\n")
-        print("| method | score | params | PPL@128 mean ± std (min..max) | vs best non-PIP | zero-shot avg % | seeds |")
-        print("|---|---|---|---|---|---|---|")
+        print("| method | score | params | PPL@128 mean ± std (min..max) | vs best non-PIP | zero-shot avg % | seeds "
+              "| PPL@128 per seed |")
+        print("|---|---|---|---|---|---|---|---|")
         for m, v in rows:
             rel = f"{(v['ppl128']['mean'] / best - 1) * 100:+.1f}%" if best and is_pip(m) else ""
             zs = v["zs_avg"]
             print(f"| `{m}` | {v.get('score') or '–'} | {v['params'] / 1e6:.2f} M | {cell(v['ppl128'])} | {rel} "
-                  f"| {cell(zs, 1, 100)} | {v['ppl128']['n']} |")
+                  f"| {cell(zs, 1, 100)} | {v['ppl128']['n']} | {' / '.join(f'{x:.1f}' for x in v['ppl128']['values'])} |")
 
 
 if __name__ == "__main__":
