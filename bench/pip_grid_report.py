@@ -1,6 +1,7 @@
 """Markdown tables from one or more bench/pip_grid.py JSON files: every variant's PPL@128 and zero-shot average
 (mean ± sample std over the seeds, and min..max), per unit and ratio, with each PIP variant's change against the
-best non-PIP method of the same unit and ratio.
+best non-PIP method of the same unit and ratio. Variants of a grid run with config overrides (pip_grid.py --set) are
+labelled with them, e.g. `pip [perturbation.draws=4]`.
 
     python bench/pip_grid_report.py bench/out/pip_grid_width.json bench/out/pip_grid_depth.json > table.md
 """
@@ -15,7 +16,7 @@ PIP = ("pip", "pip_oneshot")
 
 
 def is_pip(method: str) -> bool:
-    return method.split("-")[0] in PIP
+    return method.split(" ")[0].split("-")[0] in PIP  # "pip-fisher_diff", "pip [perturbation.draws=4]"
 
 
 def cell(s: dict | None, digits: int = 1, scale: float = 1.0) -> str:
@@ -31,11 +32,13 @@ def main(paths: list[str]) -> None:
     variants, dense = {}, None
     for p in paths:
         data = json.loads(Path(p).read_text())
+        tag = f" [{', '.join(data['overrides'])}]" if data.get("overrides") else ""  # pip_grid.py --set
         for k, v in data["variants"].items():
             if k == "dense":
                 dense = dense or v
             else:
-                variants[k] = v
+                unit, method, ratio = k.split("/")
+                variants[f"{unit}/{method}{tag}/{ratio}"] = v
     print(f"dense: PPL@128 {cell(dense['ppl128'], 2)}, zero-shot avg {cell(dense['zs_avg'], 1, 100)} %\n")
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for k, v in variants.items():
