@@ -163,10 +163,14 @@ def main() -> None:
         table[k] = {"ppl128": spread([r["ppl128"] for r in rows]), "zs_avg": spread([r["zs_avg"] for r in rows]),
                     **{f: rows[0].get(f) for f in ("params", "ratio", "score")},
                     "removed_layers": {s: runs[s][k].get("removed_layers") for s in ns.seeds if k in runs[s]}}
-    out = {"command": command, "overrides": ns.set, "model": "embedded:smollm2 (SmolLM2-135M-Instruct, fp32)", "seeds": ns.seeds,
+    ref = seed_config(ns, ns.seeds[0], ns.ratios[0], None)  # the calibration and perturbation every seed used
+    cal, pert = ref["calibration"], ref["perturbation"]
+    out = {"command": command, "overrides": ns.set, "model": "embedded:smollm2 (SmolLM2-135M-Instruct, fp32)",
+           "seeds": ns.seeds,
            "ratios": ns.ratios, "ppl": f"WikiText-2 test, first {ns.ppl_tokens} tokens, chunks of 128",
            "zero_shot": f"7 tasks, first {ns.limit} examples each, average as in pipsteps.zeroshot",
-           "calibration": "8 x 64 tokens of the embedded text per seed (config.yaml)", "wall_s_per_seed": walls,
+           "calibration": {k: cal[k] for k in ("source", "n_samples", "seq_len")}, "perturbation": pert,
+           "wall_s_per_seed": walls,
            "cpu_cores": os.cpu_count(), "variants": table}
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps(out, indent=1))

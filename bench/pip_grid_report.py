@@ -56,8 +56,9 @@ def main(paths: list[str]) -> None:
         for m, v in rows:
             rel = f"{(v['ppl128']['mean'] / best - 1) * 100:+.1f}%" if best and is_pip(m) else ""
             zs = v["zs_avg"]
+            per_seed = " / ".join(f"{x:.1f}" for x in v["ppl128"]["values"])
             print(f"| `{m}` | {v.get('score') or '–'} | {v['params'] / 1e6:.2f} M | {cell(v['ppl128'])} | {rel} "
-                  f"| {cell(zs, 1, 100)} | {v['ppl128']['n']} | {' / '.join(f'{x:.1f}' for x in v['ppl128']['values'])} |")
+                  f"| {cell(zs, 1, 100)} | {v['ppl128']['n']} | {per_seed} |")
 
 
 if __name__ == "__main__":

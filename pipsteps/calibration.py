@@ -131,7 +131,7 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
             log.warning("no window is left for the control view: it repeats the clean view (noise_control is then 0)")
             control = clean
         views = (("clean", clean), ("perturbed", pert), ("control", control))
-        ids = {v: torch.tensor(x, dtype=torch.int64) for v, x in views}  # (n, L)
+        ids = {v: torch.tensor(x, dtype=torch.int64) for v, x in views}  # (n, L); perturbed (n·k, L)
         digest = hashlib.sha256(ids["clean"].numpy().tobytes() + ids["perturbed"].numpy().tobytes()).hexdigest()[:16]
         meta = {"source": cfg.source, "seed": str(cfg.seed), "draws": str(cfg.draws), "calibration_hash": digest}
         out_dir.mkdir(parents=True, exist_ok=True)

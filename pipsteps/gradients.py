@@ -5,12 +5,12 @@
 accumulated in fp32 over micro-batches. The paired view `psdiff` (`--paired`, score fisher_ps) stores instead the
 per-sample squared gradient difference, elementwise,
 
-    S = (1/m) Σ_r (g_clean,⌊r/k⌋ − g_pert,r)²    (g_v,i = ∇_W CE(M_r, sample i of view v); m = n·k perturbed rows)
+    S = (1/m) Σ_r (g_clean,⌊r/k⌋ − g_pert,r)²   (g_v,i = ∇_W CE(M_r, sample i of view v); m = n·k perturbed rows)
 
 which is (G_clean − G_pert)² plus the spread of the per-sample differences around it. Only decoder-layer
 weights take gradients (embeddings, final norm and the tied lm_head are frozen, which also saves the large
-embedding gradient). Writes one safetensors file
-(`model.layers.{i}.…` → tensor in `save_dtype`) and a metrics JSON with the loss and per-layer gradient norms.
+embedding gradient). Writes one safetensors file (`model.layers.{i}.…` → tensor in `save_dtype`) and a metrics
+JSON with the loss and per-layer gradient norms.
 Non-finite losses or gradients fail naming the round, view and layer; all-zero layer gradients are reported.
 
 Memory (compute.*): `lean` (default) moves each parameter's gradient off the compute device the moment backward
@@ -150,9 +150,9 @@ def collect(model: torch.nn.Module, ids: torch.Tensor, cfg: GradConfig, progress
 
 def paired_sq_diff(model: torch.nn.Module, clean: torch.Tensor, perturbed: torch.Tensor, cfg: GradConfig
                    ) -> tuple[dict[str, torch.Tensor], float, float]:
-    """(S = mean over perturbed rows r of (g_clean,⌊r/k⌋ − g_pert,r)², elementwise; mean clean loss; mean perturbed
-    loss). Row r of the perturbed view is a perturbation of clean window ⌊r/k⌋ (pipsteps.calibration draws = k);
-    every per-sample gradient is one forward/backward of that sample alone (2n·k passes of one sample)."""
+    """(S = mean over perturbed rows r of (g_clean,⌊r/k⌋ − g_pert,r)², elementwise; mean clean loss; mean
+    perturbed loss). Row r of the perturbed view is a perturbation of clean window ⌊r/k⌋ (pipsteps.calibration
+    draws = k); every per-sample gradient is one forward/backward of that sample alone (2n·k passes of one sample)."""
     n, m = clean.shape[0], perturbed.shape[0]
     if m % n:
         raise PipError(f"the perturbed view has {m} rows, not a multiple of the clean view's {n}: the two views do "

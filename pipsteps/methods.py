@@ -29,7 +29,8 @@ PIP_METHODS = ("pip", "pip_oneshot")
 DEPTH_SCORES: dict[str, Needs] = {
     "norm_diff": Needs(grads=CP), "rel_diff": Needs(grads=CP), "cos_diff": Needs(grads=CP),
     "taylor_diff": Needs(grads=CP), "fisher_diff": Needs(grads=CP), "noise_control": Needs(grads=CC),
-    "fisher_ps": Needs(grads=PS), "gap_ablation": Needs(calib=CP), "pip_greedy": Needs(calib=CP), "gap_greedy": Needs(calib=CP),
+    "fisher_ps": Needs(grads=PS),
+    "gap_ablation": Needs(calib=CP), "pip_greedy": Needs(calib=CP), "gap_greedy": Needs(calib=CP),
 }
 # width scores of the PIP methods (pipsteps.width_scores)
 WIDTH_SCORES: dict[str, Needs] = {

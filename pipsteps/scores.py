@@ -9,8 +9,8 @@ With D = G_clean − G_perturbed summed over all parameters of decoder layer i:
     fisher_diff  Σ (W_i ⊙ D_i)²                           (Fisher-style squared difference)
     noise_control  ‖G_clean,i − G_control,i‖₂              (control: a second clean batch in place of the
                                                           perturbed view; does the perturbation add signal?)
-    fisher_ps    Σ W_i² ⊙ S_i,  S = mean_r (g_clean,r − g_pert,r)²  (per-sample squared difference: the psdiff
-                                                          gradient file of pipsteps.gradients)
+    fisher_ps    Σ W_i² ⊙ S_i,  S = mean_r (g_clean,⌊r/k⌋ − g_pert,r)²  (per-sample squared difference: the
+                                                          psdiff gradient file of pipsteps.gradients)
     taylor       Σ |W_i ⊙ G_clean,i|                      (LLM-Pruner Element¹, clean view only)
     taylor_sq    Σ (W_i ⊙ G_clean,i)²                     (squared first-order term, clean view only)
     magnitude    ‖W_i‖₂
@@ -74,7 +74,7 @@ def layer_stats(model: torch.nn.Module, clean: Path | None, perturbed: Path | No
         s, w = stats[layer_of(name)], w.float()
         s["ww"] += _sum(w * w)
         if fc is None:
-            if fp is not None:  # the psdiff file: S = mean_r (g_clean,r − g_pert,r)², elementwise
+            if fp is not None:  # the psdiff file: S = mean_r (g_clean,⌊r/k⌋ − g_pert,r)², elementwise
                 if name not in fp.keys():
                     raise PipError(f"gradient file {perturbed} has no tensor {name}: it was computed on another model")
                 s["wps"] += _sum(w * w * fp.get_tensor(name).float())

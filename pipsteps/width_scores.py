@@ -11,8 +11,8 @@ rows, biases and o_proj columns; a channel = its gate/up rows, biases and down_p
     fisher_diff  Σ_k (W_k · D_k)²                   (Fisher-style squared difference)
     noise_control  Σ_k (W_k · (G_clean,k − G_control,k))²  (fisher_diff with a second clean batch, the control
                                             view, in place of the perturbed one: does the perturbation matter?)
-    fisher_ps    Σ_k W_k² · S_k,  S = mean_r (g_clean,r − g_pert,r)²  (per-sample squared difference, the psdiff
-                                            file: fisher_diff plus the spread of the per-sample differences)
+    fisher_ps    Σ_k W_k² · S_k,  S = mean_r (g_clean,⌊r/k⌋ − g_pert,r)²  (per-sample squared difference, the
+                                            psdiff file: fisher_diff plus the spread of the per-sample differences)
     taylor       Σ_k |W_k · G_clean,k|      (LLM-Pruner Element¹, clean view only)
     taylor_sq    Σ_k (W_k · G_clean,k)²     (squared first-order term, clean view only)
     magnitude    ‖W_group‖₂
@@ -45,7 +45,7 @@ WIDTH_SCORES: dict[str, Callable[[T, T | None, T | None], T]] = {  # elementwise
     "vec_diff": lambda w, gc, gp: w * (gc - gp),  # |ΣW·D|: signed terms, abs after the group sum
     "fisher_diff": lambda w, gc, gp: (w * (gc - gp)).square(),  # Σ(W·D)²
     "noise_control": lambda w, gc, gp: (w * (gc - gp)).square(),  # gp: the control view's gradients
-    "fisher_ps": lambda w, gc, gp: w.square() * gp,  # gp: the psdiff file, S = mean_r (g_c,r − g_p,r)²
+    "fisher_ps": lambda w, gc, gp: w.square() * gp,  # gp: the psdiff file, S = mean_r (g_c,⌊r/k⌋ − g_p,r)²
     "taylor": lambda w, gc, gp: (w * gc).abs(),  # Σ|W·G_clean|
     "taylor_sq": lambda w, gc, gp: (w * gc).square(),  # Σ(W·G_clean)²
     "magnitude": lambda w, gc, gp: w.square(),  # ‖W‖₂ = √ΣW²
