@@ -116,6 +116,18 @@ def open_safetensors(path: str | os.PathLike):
         raise PipError(f"corrupted or unreadable safetensors file {path}: {e}") from None
 
 
+def grad_tensor(f: Any, path: str | os.PathLike, name: str, shape: torch.Size) -> torch.Tensor:
+    """Tensor `name` of an open gradient file (pipsteps.gradients) as fp32, checked against the model parameter's
+    shape: a missing tensor or another shape means the file was computed on another model."""
+    if name not in f.keys():
+        raise PipError(f"gradient file {path} has no tensor {name}: it was computed on another model")
+    g = f.get_tensor(name).float()
+    if g.shape != shape:
+        raise PipError(f"gradient {name} in {path} has shape {tuple(g.shape)}, the model {tuple(shape)}: it was "
+                       "computed on another model")
+    return g
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")

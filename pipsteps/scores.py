@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from pipsteps.gradients import layer_of
-from pipsteps.io import PipError, open_safetensors
+from pipsteps.io import grad_tensor, open_safetensors
 
 Stats = dict[str, float]
 DEPTH_SCORES: dict[str, Callable[[Stats], float]] = {
@@ -75,19 +75,15 @@ def layer_stats(model: torch.nn.Module, clean: Path | None, perturbed: Path | No
         s["ww"] += _sum(w * w)
         if fc is None:
             if fp is not None:  # the psdiff file: S = mean_r (g_clean,⌊r/k⌋ − g_pert,r)², elementwise
-                if name not in fp.keys():
-                    raise PipError(f"gradient file {perturbed} has no tensor {name}: it was computed on another model")
-                s["wps"] += _sum(w * w * fp.get_tensor(name).float())
+                s["wps"] += _sum(w * w * grad_tensor(fp, perturbed, name, w.shape))
             continue
-        if name not in fc.keys():
-            raise PipError(f"gradient file {clean} has no tensor {name}: it was computed on another model")
-        gc = fc.get_tensor(name).float()
+        gc = grad_tensor(fc, clean, name, w.shape)
         s["cc"] += _sum(gc * gc)
         wgc = w * gc
         s["wc"] += _sum(wgc.abs())
         s["wc2"] += _sum(wgc * wgc)
         if fp is not None:
-            gp = fp.get_tensor(name).float()
+            gp = grad_tensor(fp, perturbed, name, w.shape)
             d = gc - gp
             s["pp"] += _sum(gp * gp)
             s["cp"] += _sum(gc * gp)

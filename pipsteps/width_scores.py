@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipsteps.io import PipError, open_safetensors
+from pipsteps.io import PipError, grad_tensor, open_safetensors
 from pipsteps.methods import WIDTH_SCORES as WIDTH_PIP
 from pipsteps.width import attn_shape
 
@@ -87,16 +87,6 @@ def _group_sum(tail: str, e: T, n: int) -> T:
     return e.reshape(n, -1).sum(1, dtype=torch.float64)  # output rows (+ bias) of q/k/v/gate/up
 
 
-def _grad(f, path: Path, name: str, shape: torch.Size) -> T:
-    if name not in f.keys():
-        raise PipError(f"gradient file {path} has no tensor {name}: it was computed on another model")
-    g = f.get_tensor(name).float()
-    if g.shape != shape:
-        raise PipError(f"gradient {name} in {path} has shape {tuple(g.shape)}, the model {tuple(shape)}: it was "
-                       "computed on another model")
-    return g
-
-
 def width_scores(model: nn.Module, score: str, clean: Path | None = None, perturbed: Path | None = None,
                  seed: int = 0) -> WidthScores:
     """Group scores of every decoder layer from the cached gradient files (keys = the model's parameter names;
@@ -125,7 +115,7 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
             if score == "random":
                 continue
             w = p.detach().float().cpu()
-            g = {v: _grad(f, files[v], f"model.layers.{i}.{tail}", w.shape) for v, f in handles.items()}
+            g = {v: grad_tensor(f, files[v], f"model.layers.{i}.{tail}", w.shape) for v, f in handles.items()}
             sums[kind] += _group_sum(tail, WIDTH_SCORES[score](w, g.get("clean"), g.get("perturbed")), n_groups[kind])
         if score == "random":
             sums = {k: torch.rand(n, generator=gen, dtype=torch.float64) for k, n in n_groups.items()}

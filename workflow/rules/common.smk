@@ -165,11 +165,8 @@ def round_grads(wildcards):
 
 
 def grads_flags(wildcards, input):
-    keys = ["clean", "perturbed", "control", "psdiff"]
-    keys += ["calib_clean", "calib_perturbed", "influence"]
-    return " ".join(
-        f"--{key.replace('_', '-')} {input[key]}" for key in keys if key in input.keys()
-    )
+    """One prune-step flag per input round_grads gives (--clean, --psdiff, --calib-clean, --influence, ...)."""
+    return " ".join(f"--{key.replace('_', '-')} {input[key]}" for key in round_grads(wildcards))
 
 
 def forward_flags(wildcards, threads):
