@@ -3,8 +3,9 @@
 Every seed's run is the real workflow (`prune.grid`) in its own work directory with `calibration.seed` = the seed;
 the prepared model of the first run is reused by the others (model.source = its directory). Per variant it reads
 PPL@128 on a fixed capped slice of WikiText-2 test (the first `--ppl-tokens` tokens of shared/data, non-overlapping
-chunks) and the zero-shot average over the seven offline tasks (first `--limit` examples each), then writes the
-mean and spread (min..max, sample std) over the seeds. Random variants use the seed as their own seed (random_sN),
+chunks) and the zero-shot average over the seven offline tasks (first `--limit` examples each; also without BoolQ,
+whose short slice mostly measures a model's yes/no bias), then writes the mean and spread (min..max, sample std)
+over the seeds. Random variants use the seed as their own seed (random_sN),
 so their spread is the spread over draws.
 
     python bench/pip_grid.py --workdir /tmp/pipgrid [--seeds 0 1 2] [--ratios 0.2 0.3] [--limit 40]
@@ -69,7 +70,7 @@ def wanted(ns: argparse.Namespace, unit: str, method: str) -> bool:
 
 
 def collect(workdir: Path, ns: argparse.Namespace) -> dict[str, dict]:
-    """{variant (seedless): {ppl128, zs_avg, params, ratio, removed_layers, prune_s}} of one seed's run."""
+    """{variant (seedless): {ppl128, zs_avg, zs_tasks, params, ratio, score, removed_layers}} of one seed's run."""
     out = {}
     results = workdir / "results"
     for metrics in sorted(results.glob("*/*/r*/eval/metrics.json")):
@@ -79,18 +80,32 @@ def collect(workdir: Path, ns: argparse.Namespace) -> dict[str, dict]:
             continue
         m = json.loads(metrics.read_text())
         tasks = metrics.parent / "tasks.json"
-        zs = json.loads(tasks.read_text())["average"]["value"] if tasks.exists() else None
+        zs, per_task = zero_shot(tasks)
         plan = json.loads((results / stage / "plan.json").read_text())
         last = json.loads((results / stage / f"round_{plan['rounds']}" / "round.json").read_text())
         key = f"{unit}/{'random' if method.startswith('random_s') else method}/{ratio}"
-        out[key] = {"ppl128": m["ppl"]["wikitext2"]["128"], "zs_avg": zs, "params": last["params_after"],
+        out[key] = {"ppl128": m["ppl"]["wikitext2"]["128"], "zs_avg": zs, "zs_tasks": per_task,
+                    "params": last["params_after"],
                     "ratio": last["achieved_ratio"], "score": last["score"],
                     "removed_layers": last["removed_layers_so_far"] if unit == "depth" else None}
     dense = json.loads((results / "base/eval/metrics.json").read_text())["ppl"]["wikitext2"]["128"]
-    dtasks = results / "base/eval/tasks.json"
-    out["dense"] = {"ppl128": dense, "zs_avg": json.loads(dtasks.read_text())["average"]["value"]
-                    if dtasks.exists() else None}
+    zs, per_task = zero_shot(results / "base/eval/tasks.json")
+    out["dense"] = {"ppl128": dense, "zs_avg": zs, "zs_tasks": per_task}
     return out
+
+
+def zero_shot(tasks: Path) -> tuple[float | None, dict[str, float] | None]:
+    """(the zero-shot average, {task: headline accuracy}) of one tasks.json; (None, None) when tasks did not run."""
+    if not tasks.exists():
+        return None, None
+    data = json.loads(tasks.read_text())
+    return data["average"]["value"], {t: r["headline"] for t, r in data["tasks"].items()}
+
+
+def without(per_task: dict[str, float] | None, task: str) -> float | None:
+    """The zero-shot average over every task but `task` (BoolQ: its 30-question slice mostly measures label bias)."""
+    rest = [v for t, v in (per_task or {}).items() if t != task]
+    return statistics.fmean(rest) if rest else None
 
 
 def spread(values: list[float | None]) -> dict | None:
@@ -161,6 +176,9 @@ def main() -> None:
     for k in keys:
         rows = [runs[s][k] for s in ns.seeds if k in runs[s]]
         table[k] = {"ppl128": spread([r["ppl128"] for r in rows]), "zs_avg": spread([r["zs_avg"] for r in rows]),
+                    "zs_avg_wo_boolq": spread([without(r.get("zs_tasks"), "boolq") for r in rows]),
+                    "zs_tasks": {t: spread([r["zs_tasks"][t] for r in rows if r.get("zs_tasks")])
+                                 for t in (rows[0].get("zs_tasks") or {})},
                     **{f: rows[0].get(f) for f in ("params", "ratio", "score")},
                     "removed_layers": {s: runs[s][k].get("removed_layers") for s in ns.seeds if k in runs[s]}}
     ref = seed_config(ns, ns.seeds[0], ns.ratios[0], None)  # the calibration and perturbation every seed used

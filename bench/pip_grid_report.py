@@ -1,6 +1,6 @@
 """Markdown tables from one or more bench/pip_grid.py JSON files: every variant's PPL@128 and zero-shot average
-(mean ± sample std over the seeds, and min..max), per unit and ratio, with each PIP variant's change against the
-best non-PIP method of the same unit and ratio. Variants of a grid run with config overrides (pip_grid.py --set) are
+(mean ± sample std over the seeds, and min..max; also without BoolQ where the JSON has it), per unit and ratio,
+with each PIP variant's change against the best non-PIP method of the same unit and ratio. Variants of a grid run with config overrides (pip_grid.py --set) are
 labelled with them, e.g. `pip [perturbation.draws=4]`.
 
     python bench/pip_grid_report.py bench/out/pip_grid_width.json bench/out/pip_grid_depth.json > table.md
@@ -28,6 +28,11 @@ def cell(s: dict | None, digits: int = 1, scale: float = 1.0) -> str:
     return f"{m:.{digits}f} ± {sd:.{digits}f} ({lo:.{digits}f}..{hi:.{digits}f})"
 
 
+def no_boolq(v: dict) -> dict | None:
+    """The zero-shot average without BoolQ (pip_grid.py writes it since it records per-task accuracies)."""
+    return v.get("zs_avg_wo_boolq")
+
+
 def main(paths: list[str]) -> None:
     variants, dense = {}, None
     for p in paths:
@@ -39,7 +44,8 @@ def main(paths: list[str]) -> None:
             else:
                 unit, method, ratio = k.split("/")
                 variants[f"{unit}/{method}{tag}/{ratio}"] = v
-    print(f"dense: PPL@128 {cell(dense['ppl128'], 2)}, zero-shot avg {cell(dense['zs_avg'], 1, 100)} %\n")
+    print(f"dense: PPL@128 {cell(dense['ppl128'], 2)}, zero-shot avg {cell(dense['zs_avg'], 1, 100)} %, "
+          f"without BoolQ {cell(no_boolq(dense), 1, 100)} %\n")
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for k, v in variants.items():
         unit, method, ratio = k.split("/")
@@ -50,15 +56,15 @@ def main(paths: list[str]) -> None:
         best = min(base) if base else None
         best_name = next((m for m, v in rows if not is_pip(m)), None)
         print(f"\n**{unit}, target {ratio[1:]}** (best non-PIP: `{best_name}`)\n")
-        print("| method | score | params | PPL@128 mean ± std (min..max) | vs best non-PIP | zero-shot avg % | seeds "
-              "| PPL@128 per seed |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| method | score | params | PPL@128 mean ± std (min..max) | vs best non-PIP | zero-shot avg % "
+              "| without BoolQ % | seeds | PPL@128 per seed |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for m, v in rows:
             rel = f"{(v['ppl128']['mean'] / best - 1) * 100:+.1f}%" if best and is_pip(m) else ""
             zs = v["zs_avg"]
             per_seed = " / ".join(f"{x:.1f}" for x in v["ppl128"]["values"])
             print(f"| `{m}` | {v.get('score') or '–'} | {v['params'] / 1e6:.2f} M | {cell(v['ppl128'])} | {rel} "
-                  f"| {cell(zs, 1, 100)} | {v['ppl128']['n']} | {per_seed} |")
+                  f"| {cell(zs, 1, 100)} | {cell(no_boolq(v), 1, 100)} | {v['ppl128']['n']} | {per_seed} |")
 
 
 if __name__ == "__main__":
