@@ -48,7 +48,8 @@ def main(paths: list[str]) -> None:
           f"without BoolQ {cell(no_boolq(dense), 1, 100)} %\n")
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for k, v in variants.items():
-        unit, method, ratio = k.split("/")
+        unit, rest = k.split("/", 1)  # a --set label may hold slashes (model.source=/path)
+        method, ratio = rest.rsplit("/", 1)
         groups.setdefault((unit, ratio), []).append((method, v))
     for (unit, ratio), rows in sorted(groups.items()):
         rows.sort(key=lambda mv: mv[1]["ppl128"]["mean"])
