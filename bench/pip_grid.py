@@ -5,8 +5,8 @@ the prepared model of the first run is reused by the others (model.source = its 
 PPL@128 on a fixed capped slice of WikiText-2 test (the first `--ppl-tokens` tokens of shared/data, non-overlapping
 chunks) and the zero-shot average over the seven offline tasks (first `--limit` examples each; also without BoolQ,
 whose short slice mostly measures a model's yes/no bias), then writes the mean and spread (min..max, sample std)
-over the seeds. Random variants use the seed as their own seed (random_sN),
-so their spread is the spread over draws.
+over the seeds. Random variants use the seed as their own seed (random_sN), so their spread is the spread over
+draws.
 
     python bench/pip_grid.py --workdir /tmp/pipgrid [--seeds 0 1 2] [--ratios 0.2 0.3] [--limit 40]
         [--tasks-ratios 0.2] [--depth-methods ...] [--width-methods ...] [--drop-models] [--collect-only]

@@ -1,7 +1,7 @@
 """Markdown tables from one or more bench/pip_grid.py JSON files: every variant's PPL@128 and zero-shot average
 (mean ± sample std over the seeds, and min..max; also without BoolQ where the JSON has it), per unit and ratio,
-with each PIP variant's change against the best non-PIP method of the same unit and ratio. Variants of a grid run with config overrides (pip_grid.py --set) are
-labelled with them, e.g. `pip [perturbation.draws=4]`.
+with each PIP variant's change against the best non-PIP method of the same unit and ratio. Variants of a grid run
+with config overrides (pip_grid.py --set) are labelled with them, e.g. `pip [perturbation.draws=4]`.
 
     python bench/pip_grid_report.py bench/out/pip_grid_width.json bench/out/pip_grid_depth.json > table.md
 """
