@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's pipsteps (zeroshot.average), as the workflow runs use (PYTHONPATH)
 DEPTH = ["pip", "pip-gap_ablation", "pip-pip_greedy", "sleb", "block_influence", "block_influence_iter", "taylor",
          "magnitude", "random"]
 WIDTH = ["pip", "pip-fisher_diff", "pip-taylor_both", "pip-noise_control", "taylor", "magnitude", "random"]
@@ -80,32 +81,28 @@ def collect(workdir: Path, ns: argparse.Namespace) -> dict[str, dict]:
             continue
         m = json.loads(metrics.read_text())
         tasks = metrics.parent / "tasks.json"
-        zs, per_task = zero_shot(tasks)
         plan = json.loads((results / stage / "plan.json").read_text())
         last = json.loads((results / stage / f"round_{plan['rounds']}" / "round.json").read_text())
         key = f"{unit}/{'random' if method.startswith('random_s') else method}/{ratio}"
-        out[key] = {"ppl128": m["ppl"]["wikitext2"]["128"], "zs_avg": zs, "zs_tasks": per_task,
-                    "params": last["params_after"],
+        out[key] = {"ppl128": m["ppl"]["wikitext2"]["128"], **zero_shot(tasks), "params": last["params_after"],
                     "ratio": last["achieved_ratio"], "score": last["score"],
                     "removed_layers": last["removed_layers_so_far"] if unit == "depth" else None}
     dense = json.loads((results / "base/eval/metrics.json").read_text())["ppl"]["wikitext2"]["128"]
-    zs, per_task = zero_shot(results / "base/eval/tasks.json")
-    out["dense"] = {"ppl128": dense, "zs_avg": zs, "zs_tasks": per_task}
+    out["dense"] = {"ppl128": dense, **zero_shot(results / "base/eval/tasks.json")}
     return out
 
 
-def zero_shot(tasks: Path) -> tuple[float | None, dict[str, float] | None]:
-    """(the zero-shot average, {task: headline accuracy}) of one tasks.json; (None, None) when tasks did not run."""
+def zero_shot(tasks: Path) -> dict:
+    """{zs_avg, zs_avg_wo_boolq, zs_tasks: {task: headline accuracy}} of one tasks.json (all None when tasks did not
+    run). Without BoolQ (its short slice mostly measures label bias) by the workflow's own rule, zeroshot.average."""
     if not tasks.exists():
-        return None, None
+        return {"zs_avg": None, "zs_avg_wo_boolq": None, "zs_tasks": None}
+    from pipsteps.zeroshot import average  # imported here: torch is only needed once the runs are done
+
     data = json.loads(tasks.read_text())
-    return data["average"]["value"], {t: r["headline"] for t, r in data["tasks"].items()}
-
-
-def without(per_task: dict[str, float] | None, task: str) -> float | None:
-    """The zero-shot average over every task but `task` (BoolQ: its 30-question slice mostly measures label bias)."""
-    rest = [v for t, v in (per_task or {}).items() if t != task]
-    return statistics.fmean(rest) if rest else None
+    rest = {t: r for t, r in data["tasks"].items() if t != "boolq"}
+    return {"zs_avg": data["average"]["value"], "zs_avg_wo_boolq": average(rest)["value"],
+            "zs_tasks": {t: r["headline"] for t, r in data["tasks"].items()}}
 
 
 def spread(values: list[float | None]) -> dict | None:
@@ -176,7 +173,7 @@ def main() -> None:
     for k in keys:
         rows = [runs[s][k] for s in ns.seeds if k in runs[s]]
         table[k] = {"ppl128": spread([r["ppl128"] for r in rows]), "zs_avg": spread([r["zs_avg"] for r in rows]),
-                    "zs_avg_wo_boolq": spread([without(r.get("zs_tasks"), "boolq") for r in rows]),
+                    "zs_avg_wo_boolq": spread([r["zs_avg_wo_boolq"] for r in rows]),
                     "zs_tasks": {t: spread([r["zs_tasks"][t] for r in rows if r.get("zs_tasks")])
                                  for t in (rows[0].get("zs_tasks") or {})},
                     **{f: rows[0].get(f) for f in ("params", "ratio", "score")},

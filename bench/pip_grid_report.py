@@ -28,11 +28,6 @@ def cell(s: dict | None, digits: int = 1, scale: float = 1.0) -> str:
     return f"{m:.{digits}f} ± {sd:.{digits}f} ({lo:.{digits}f}..{hi:.{digits}f})"
 
 
-def no_boolq(v: dict) -> dict | None:
-    """The zero-shot average without BoolQ (pip_grid.py writes it since it records per-task accuracies)."""
-    return v.get("zs_avg_wo_boolq")
-
-
 def main(paths: list[str]) -> None:
     variants, dense = {}, None
     for p in paths:
@@ -45,7 +40,7 @@ def main(paths: list[str]) -> None:
                 unit, method, ratio = k.split("/")
                 variants[f"{unit}/{method}{tag}/{ratio}"] = v
     print(f"dense: PPL@128 {cell(dense['ppl128'], 2)}, zero-shot avg {cell(dense['zs_avg'], 1, 100)} %, "
-          f"without BoolQ {cell(no_boolq(dense), 1, 100)} %\n")
+          f"without BoolQ {cell(dense.get('zs_avg_wo_boolq'), 1, 100)} %\n")
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for k, v in variants.items():
         unit, rest = k.split("/", 1)  # a --set label may hold slashes (model.source=/path)
@@ -65,7 +60,8 @@ def main(paths: list[str]) -> None:
             zs = v["zs_avg"]
             per_seed = " / ".join(f"{x:.1f}" for x in v["ppl128"]["values"])
             print(f"| `{m}` | {v.get('score') or '–'} | {v['params'] / 1e6:.2f} M | {cell(v['ppl128'])} | {rel} "
-                  f"| {cell(zs, 1, 100)} | {cell(no_boolq(v), 1, 100)} | {v['ppl128']['n']} | {per_seed} |")
+                  f"| {cell(zs, 1, 100)} | {cell(v.get('zs_avg_wo_boolq'), 1, 100)} | {v['ppl128']['n']} "
+                  f"| {per_seed} |")
 
 
 if __name__ == "__main__":
