@@ -152,7 +152,7 @@ def main() -> None:
             cfg = seed_config(ns, seed, ratio, model_source if seed != ns.seeds[0] else None)
             (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-                   "--workflow-profile", str(REPO / "workflow/profiles/default"), "--cores", str(ns.cores),
+                   "--workflow-profile", str(REPO / "profiles/default"), "--cores", str(ns.cores),
                    "--rerun-triggers", *ns.rerun_triggers]
             with open(wd / f"snakemake_r{ratio}.log", "w") as log:
                 proc = subprocess.run(cmd, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT)

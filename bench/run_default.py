@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def snakemake(workdir: Path, config: Path, *args: str) -> float:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--workflow-profile", str(REPO / "workflow/profiles/default"), *args]
+           "--configfile", str(config), "--workflow-profile", str(REPO / "profiles/default"), *args]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t

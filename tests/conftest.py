@@ -46,7 +46,7 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool
 
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config or workdir / "config.yaml"),
-           "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", "2", *args]
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

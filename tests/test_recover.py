@@ -236,7 +236,7 @@ def test_workflow_recovers_resumes_after_a_kill_and_summarises_the_recovered_sta
 def snakemake_cmd(workdir: Path) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
             "--configfile", str(workdir / "config.yaml"), "--workflow-profile",
-            str(REPO / "workflow/profiles/default"), "--cores", "2"]
+            str(REPO / "profiles/default"), "--cores", "2"]
 
 
 @pytest.mark.parametrize("change,message", [  # the other combinations: tests/unit/test_recovery_data.py

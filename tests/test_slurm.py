@@ -2,7 +2,7 @@
 
 tests/slurm/local_slurm.sh installs Debian's SLURM when it is missing and starts munged, slurmctld and slurmd
 (one node: 4 CPUs, 256 GiB, 2 fake GPUs advertised). The workflow then runs with
-`--workflow-profile workflow/profiles/slurm` plus the overrides a cluster without slurmdbd needs. Every job goes
+`--workflow-profile profiles/slurm` plus the overrides a cluster without slurmdbd needs. Every job goes
 through sbatch; its outputs must equal a local run of the same config. Needs root and apt-get (CI has both).
 """
 
@@ -28,7 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "tests" / "e2e" / "config.yaml"
 HARNESS = REPO / "tests" / "slurm" / "local_slurm.sh"
-SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+SLURM_PROFILE = REPO / "profiles" / "slurm"
 # No slurmdbd on the test cluster: squeue for status (sacct would hang). The plugin checks after the init seconds,
 # then every 10 s longer while nothing finished: a tiny job takes 6-10 s through sbatch (two snakemake start-ups and
 # the step), so 12 s usually catches it at the first check; 8 s often just misses it and costs a 26 s hop.
@@ -145,7 +145,7 @@ def runs(slurm_cluster, tmp_path_factory) -> tuple[Path, Path, str]:
                                                "--slurm-keep-successful-logs"),
                                  stdout=fh, stderr=subprocess.STDOUT, cwd=slurm_dir)
     try:
-        check_ok(run_snakemake(local_dir, REPO / "workflow/profiles/default", "--cores", "2", timeout=900),
+        check_ok(run_snakemake(local_dir, REPO / "profiles/default", "--cores", "2", timeout=900),
                  "local run")
         rc = slurm.wait(timeout=1200)
     finally:

@@ -240,7 +240,7 @@ def snakemake(workdir: Path, cfg: dict, *args: str) -> subprocess.CompletedProce
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"),
-           "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", "2", *args]
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 
