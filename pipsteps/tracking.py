@@ -12,8 +12,10 @@ this importer, a local rule on the submit host, turns them into MLflow runs at t
 
 A child run is keyed by the record's path and the SHA-256 of its content, so a cached step is never imported twice
 and a rerun step shows up as a new child run with its own params. A single writer means parallel jobs (local or
-on SLURM nodes) can never lock or corrupt the store. If the tracking server is unreachable, the importer records
-`pending`, the workflow still succeeds, and `python -m pipsteps.tracking sync` imports everything later.
+on SLURM nodes) can never lock or corrupt the store. If the tracking server is unreachable (connection refused or
+reset, unknown host, timeout), the importer records `pending`, the workflow still succeeds, and
+`python -m pipsteps.tracking sync` imports everything later. Any other failure (a store that cannot be opened, a
+rejected request, an unreadable record) fails the import with one line.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pipsteps import cli
-from pipsteps.io import write_json
+from pipsteps.io import PipError, write_json
 
 log = logging.getLogger("pipsteps.tracking")
 SKIP = ("mlflow",)  # result folders that are not step records
@@ -96,14 +99,20 @@ def import_records(results: Path, tracking_uri: str, experiment: str) -> dict[st
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
+    loaded = []  # every record is read before anything is sent: an unreadable one fails the import up front
+    for path in records(results):
+        raw = path.read_bytes()
+        try:
+            loaded.append((path, raw, json.loads(raw)))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PipError(f"step record {path} is not valid JSON ({e}): rerun the step that wrote it") from None
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     parents: dict[str, str] = {}
     created, skipped = [], 0
-    for path in records(results):
+    for path, raw, record in loaded:
         rel = path.relative_to(results)
-        raw = path.read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         parent = parent_of(rel)
         if parent not in parents:
@@ -114,7 +123,7 @@ def import_records(results: Path, tracking_uri: str, experiment: str) -> dict[st
         if client.search_runs([exp_id], query):
             skipped += 1
             continue
-        params, scalars, steps = to_mlflow(json.loads(raw))
+        params, scalars, steps = to_mlflow(record)
         run = client.create_run(exp_id, run_name=job_name(rel), tags={
             "mlflow.parentRunId": parents[parent], "pip.record": str(rel), "pip.sha256": digest, "pip.kind": "job"})
         now = int(time.time() * 1000)
@@ -136,15 +145,38 @@ def import_records(results: Path, tracking_uri: str, experiment: str) -> dict[st
             "parents": parents, "created": created, "already_present": skipped}
 
 
+def unreachable(e: BaseException) -> bool:
+    """Whether `e` (or an exception it was raised from) says the tracking server cannot be reached: connection
+    refused or reset, unknown host, timeout. A TLS certificate error is a setup fault, not an outage."""
+    import requests
+
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, requests.exceptions.SSLError):
+            return False
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                              TimeoutError, socket.gaierror)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def run(results: Path, tracking_uri: str, experiment: str, strict: bool = False) -> dict[str, Any]:
+    """Import, or (not `strict`) record `pending` when the server is unreachable; any other failure is a PipError."""
     # fail fast instead of retrying for minutes when a server is unreachable (compute nodes often have no route)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         return import_records(results, tracking_uri, experiment)
+    except PipError:
+        raise
     except Exception as e:
-        if strict:
-            raise
+        if strict or not unreachable(e):
+            log.info("MLflow import failed:", exc_info=True)  # the traceback, in the job log
+            raise PipError(f"MLflow import into {tracking_uri} failed: {type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:300]}") from e
         log.warning("MLflow tracking at %s failed (%s: %s); metrics stay in %s. Import them later with: python -m "
                     "pipsteps.tracking sync --results %s --tracking-uri %s --experiment %s", tracking_uri,
                     type(e).__name__, str(e).splitlines()[0][:300], results, results, tracking_uri, experiment)
