@@ -2,8 +2,10 @@
 
 The corpus (rows joined with "\\n\\n") is cut into consecutive windows of seq_len + margin tokens snapped to word
 boundaries; n of them are drawn with the seed. The words inside each window's first seq_len tokens are perturbed
-(rule-based real-word one-edit generator, see pipsteps.perturb; `token_noise` replaces token ids instead) and both views are tokenized independently and truncated to exactly seq_len
-tokens, so neither needs padding. With `draws` = k > 1 every window is perturbed k times (independent draws): the
+(rule_based: seeded real-word one-character edits, see pipsteps.perturb; llm_guided and llm: the edits an
+auxiliary LM chose in an earlier step, read from its edits file, see pipsteps.aux_edits; token_noise replaces token
+ids instead) and both views are tokenized independently and truncated to exactly seq_len tokens, so neither needs
+padding. With `draws` = k > 1 every window is perturbed k times (independent draws): the
 perturbed view then has n·k rows, draw j of window i at row i·k + j, so its mean gradient and mean loss average
 over the draws. Writes `clean.safetensors` (input_ids, int64, (n, seq_len)), `perturbed.safetensors` ((n·k,
 seq_len)), `control.safetensors` (n further clean windows, disjoint from the clean ones, for the
@@ -20,17 +22,19 @@ import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors.torch import save_file
 
 from pipsteps import cli
 from pipsteps.io import PipError, Timer, atomic_path, load_tokenizer, write_json
-from pipsteps.perturb import build_lexicon, perturb_text, token_noise
+from pipsteps.perturb import Edit, apply_edits, build_lexicon, perturb_text, token_noise
 from pipsteps.textdata import read_rows
 
 log = logging.getLogger("pipsteps.calibration")
+AUX_GENERATORS = ("llm_guided", "llm")  # their edits come from the aux-model step (pipsteps.aux_edits)
+GENERATORS = ("rule_based", "token_noise", *AUX_GENERATORS)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class CalibConfig:
     n_samples: int = field(default=8, metadata={"help": "number of calibration windows n"})
     seq_len: int = field(default=64, metadata={"help": "tokens per window L"})
     seed: int = field(default=0, metadata={"help": "seed for window choice and perturbation"})
-    generator: str = field(default="rule_based", metadata={"help": "rule_based or token_noise"})
+    generator: str = field(default="rule_based", metadata={"help": ", ".join(GENERATORS)})
     rate: float = field(default=0.2, metadata={"help": "fraction p of eligible words (tokens) to edit"})
     draws: int = field(default=1, metadata={"help": "perturbations per window k (perturbed view: n*k rows)"})
     min_len: int = field(default=3, metadata={"help": "minimum length of an editable word"})
@@ -74,44 +78,95 @@ def _perturb(cfg: CalibConfig, tok: Any, lexicon: Any, text: str, c_ids: list[in
         head, edits, elig = perturb_text(text[:cut], lexicon, cfg.rate, rng, cfg.min_len)
         p_text = head + text[cut:]
         return p_text, tok(p_text)["input_ids"][: cfg.seq_len], edits, elig, len(edits)
-    raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: rule_based, token_noise")
+    raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: {', '.join(GENERATORS)}")
 
 
-def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
+def _apply_aux(cfg: CalibConfig, tok: Any, text: str, c_ids: list[int], cut: int,
+               entry: dict | None) -> tuple[str, list[int], list, int, int]:
+    """The aux-model edits of a window (its entry of the edits file) applied to its text; no entry: the aux
+    step rejected the window (it is skipped here too)."""
+    if entry is None:
+        return text, c_ids, [], 0, 0
+    edits = [Edit(e["start"], e["old"], e["new"]) for e in entry["edits"]]
+    if any(e.start + len(e.old) > cut or text[e.start:e.start + len(e.old)] != e.old for e in edits):
+        raise PipError("the aux-model edits file does not match this calibration text (rerun the aux step)")
+    p_text = apply_edits(text, edits)
+    return p_text, tok(p_text)["input_ids"][: cfg.seq_len], edits, entry["eligible"], len(edits)
+
+
+def read_edits(path: Path, cfg: CalibConfig) -> dict[str, Any]:
+    """The aux step's edits file, checked against this calibration's settings."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    made_for = data.get("config", {})
+    differ = [k for k in asdict(cfg) if made_for.get(k) != getattr(cfg, k)]
+    if differ:
+        raise PipError(f"the aux-model edits file {path} was made for other calibration settings "
+                       f"({', '.join(differ)}): rerun the aux step")
+    return data
+
+
+def load_text(cfg: CalibConfig) -> tuple[str, frozenset[str]]:
+    """The corpus (non-empty rows joined with a blank line) and the lexicon of the real-word edits."""
+    rows = [r for r in read_rows(cfg.source, text_field=cfg.text_field, dataset_config=cfg.dataset_config,
+                                 split=cfg.split) if r.strip()]
+    extra = Path(cfg.wordlist).read_text().split() if cfg.wordlist else []
+    return "\n\n".join(r.strip() for r in rows), build_lexicon(rows, cfg.min_freq, extra)
+
+
+def candidate_windows(cfg: CalibConfig, tok: Any, corpus: str) -> Iterator[tuple[int, str, list[int], int]]:
+    """The windows in seeded order, those with at least seq_len tokens: (window index k, text, its first seq_len
+    token ids, cut). Only words before character `cut` (inside the first seq_len tokens) are edited."""
+    margin = max(8, cfg.seq_len // 4)
+    spans = windows(corpus, tok, cfg.seq_len + margin)
+    if len(spans) < cfg.n_samples:
+        raise PipError(f"calibration text too short: {cfg.source} gives {len(spans)} windows of "
+                       f"{cfg.seq_len}+{margin} tokens, need n_samples={cfg.n_samples}")
+    rng = random.Random(cfg.seed)
+    for k in rng.sample(range(len(spans)), len(spans)):
+        text = corpus[slice(*spans[k])]
+        enc = tok(text, return_offsets_mapping=True)
+        c_ids = enc["input_ids"][: cfg.seq_len]
+        if len(c_ids) < cfg.seq_len:
+            continue
+        # edit only words inside the first seq_len tokens (the rest is cut off); keep the tail as is
+        cut = enc["offset_mapping"][cfg.seq_len - 1][1]
+        yield k, text, c_ids, max((i for i in range(cut) if text[i].isspace()), default=0)
+
+
+def check_config(cfg: CalibConfig) -> None:
     if cfg.n_samples < 1 or cfg.seq_len < 8 or cfg.draws < 1:
         raise PipError(f"calibration needs n_samples >= 1, seq_len >= 8 and draws >= 1 (got {cfg.n_samples}, "
                        f"{cfg.seq_len}, {cfg.draws})")
+    if cfg.generator not in GENERATORS:
+        raise PipError(f"unknown perturbation generator {cfg.generator!r}; allowed: {', '.join(GENERATORS)}")
+    if cfg.generator in AUX_GENERATORS and cfg.draws != 1:
+        raise PipError(f"perturbation.generator {cfg.generator} is deterministic: it needs perturbation.draws 1 "
+                       f"(got {cfg.draws}); use rule_based for several draws")
+
+
+def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path, edits_file: Path | None = None) -> dict[str, Any]:
+    """`edits_file`: the edits chosen by the aux model (pipsteps.aux_edits), needed by llm_guided and llm."""
+    check_config(cfg)
+    if (cfg.generator in AUX_GENERATORS) != (edits_file is not None):
+        raise PipError(f"perturbation.generator {cfg.generator} {'needs' if edits_file is None else 'takes no'} "
+                       "aux-model edits file (--edits)")
     with Timer() as t:
         tok = load_tokenizer(tokenizer_dir)
-        rows = [r for r in read_rows(cfg.source, text_field=cfg.text_field, dataset_config=cfg.dataset_config,
-                                     split=cfg.split) if r.strip()]
-        corpus = "\n\n".join(r.strip() for r in rows)
-        extra = Path(cfg.wordlist).read_text().split() if cfg.wordlist else []
-        lexicon = build_lexicon(rows, cfg.min_freq, extra)
-        margin = max(8, cfg.seq_len // 4)
-        spans = windows(corpus, tok, cfg.seq_len + margin)
-        if len(spans) < cfg.n_samples:
-            raise PipError(f"calibration text too short: {cfg.source} gives {len(spans)} windows of "
-                           f"{cfg.seq_len}+{margin} tokens, need n_samples={cfg.n_samples}")
-        rng = random.Random(cfg.seed)
-        order = rng.sample(range(len(spans)), len(spans))
+        corpus, lexicon = load_text(cfg)
+        aux = read_edits(edits_file, cfg) if edits_file else None
         clean, pert, control, records, n_edit, n_elig = [], [], [], [], 0, 0
-        for k in order:
+        for k, text, c_ids, cut in candidate_windows(cfg, tok, corpus):
             if len(control) == cfg.n_samples:
                 break
-            text = corpus[slice(*spans[k])]
-            sample_rng = random.Random(f"{cfg.seed}:{k}")
-            enc = tok(text, return_offsets_mapping=True)
-            c_ids = enc["input_ids"][: cfg.seq_len]
-            if len(c_ids) < cfg.seq_len:
-                continue
             if len(clean) == cfg.n_samples:  # the clean batch is complete: the next windows form the control view
                 control.append(c_ids)
                 continue
-            # edit only words inside the first seq_len tokens (the rest is cut off); keep the tail as is
-            cut = enc["offset_mapping"][cfg.seq_len - 1][1]
-            cut = max((i for i in range(cut) if text[i].isspace()), default=0)
-            draws = [_perturb(cfg, tok, lexicon, text, c_ids, cut, sample_rng) for _ in range(cfg.draws)]
+            if aux is not None:
+                draws = [_apply_aux(cfg, tok, text, c_ids, cut, aux["windows"].get(str(k)))]
+            else:
+                sample_rng = random.Random(f"{cfg.seed}:{k}")
+                draws = [_perturb(cfg, tok, lexicon, text, c_ids, cut, sample_rng) for _ in range(cfg.draws)]
             if any(len(d[1]) < cfg.seq_len or d[1] == c_ids for d in draws):
                 continue  # rare: window came out short, or had no editable word; take the next one
             clean.append(c_ids)
@@ -120,6 +175,7 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
                 n_edit, n_elig = n_edit + n_changed, n_elig + elig
                 records.append({"window": k, "draw": j, "clean": text, "perturbed": p_text, "eligible_words": elig,
                                 "edits": [[e.old, e.new] for e in edits],
+                                **(aux["windows"][str(k)]["record"] if aux is not None else {}),
                                 "clean_tokens": tok.decode(c_ids), "perturbed_tokens": tok.decode(p_ids)})
         if len(clean) < cfg.n_samples:
             raise PipError(f"calibration text too short: only {len(clean)} usable windows of {cfg.seq_len} tokens "
@@ -146,12 +202,15 @@ def run(cfg: CalibConfig, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
     if rate < 0.5 * cfg.rate:
         log.warning("achieved edit rate %.3f is far below the target %.3f: the lexicon is too small for this text "
                     "(add a word list with perturbation.wordlist)", rate, cfg.rate)
+    if aux is not None:
+        log.info("aux-model edits (%s): %s", cfg.generator, json.dumps(aux["metrics"]))
     return {"n_samples": cfg.n_samples, "seq_len": cfg.seq_len, "draws": cfg.draws, "edit_rate": rate,
             "target_rate": cfg.rate,
             "edits": n_edit, "eligible": n_elig, "lexicon_size": len(lexicon), "calibration_hash": digest,
             "token_diff_fraction": float((ids["clean"].repeat_interleave(cfg.draws, 0) != ids["perturbed"])
                                          .float().mean()),
             "control_samples": len(control),
+            **({"aux": aux["metrics"]} if aux is not None else {}),
             "wall_s": t.seconds}
 
 
@@ -160,9 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--tokenizer", required=True, type=Path, help="model directory holding the tokenizer")
         p.add_argument("--out-dir", required=True, type=Path, help="directory for the two views and texts.jsonl")
         p.add_argument("--metrics", required=True, type=Path, help="output metrics JSON")
+        p.add_argument("--edits", type=Path, default=None, help="aux-model edits file (llm_guided, llm)")
 
     cfg, ns = cli.parse(CalibConfig, argv, __doc__.splitlines()[0], extra)
-    metrics = run(cfg, ns.tokenizer, ns.out_dir)
+    metrics = run(cfg, ns.tokenizer, ns.out_dir, ns.edits)
     write_json(ns.metrics, {"config": asdict(cfg), **metrics})
 
 

@@ -1,4 +1,6 @@
 """Rule-based perturbed view (METHOD.md §2): meaning-changing one-character edits that yield another real word.
+The lexicon machinery here (neighbours, eligible words, apply_edits) is shared by the aux-model generators
+(pipsteps.guided, pipsteps.llm_edit).
 
 Edits: swap two adjacent letters ("later"→"alter"), replace one letter ("happy"→"nappy"), insert one letter
 ("host"→"ghost"). The lexicon is the lower-cased words of the calibration corpus seen at least `min_freq` times,
@@ -53,10 +55,25 @@ def match_case(new: str, old: str) -> str:
     return new
 
 
+def eligible_words(text: str, min_len: int = 3) -> list[re.Match]:
+    """The editable words of `text`: alphabetic, at least `min_len` letters, not inside markup or alnum tokens."""
+    return [m for m in WORD.finditer(text) if len(m.group()) >= min_len]
+
+
+def apply_edits(text: str, edits: list[Edit]) -> str:
+    """`text` with every edit applied (edits sorted by position, non-overlapping)."""
+    out, pos = [], 0
+    for e in edits:
+        out += [text[pos:e.start], e.new]
+        pos = e.start + len(e.old)
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def perturb_text(text: str, lexicon: frozenset[str], rate: float, rng: random.Random,
                  min_len: int = 3) -> tuple[str, list[Edit], int]:
     """Return (perturbed text, edits, number of eligible words)."""
-    eligible = [m for m in WORD.finditer(text) if len(m.group()) >= min_len]
+    eligible = eligible_words(text, min_len)
     target = round(rate * len(eligible))
     order = list(range(len(eligible)))
     rng.shuffle(order)
@@ -69,12 +86,7 @@ def perturb_text(text: str, lexicon: frozenset[str], rate: float, rng: random.Ra
         if options:
             edits.append(Edit(m.start(), m.group(), match_case(rng.choice(options), m.group())))
     edits.sort(key=lambda e: e.start)
-    out, pos = [], 0
-    for e in edits:
-        out += [text[pos:e.start], e.new]
-        pos = e.start + len(e.old)
-    out.append(text[pos:])
-    return "".join(out), edits, len(eligible)
+    return apply_edits(text, edits), edits, len(eligible)
 
 
 def token_noise(ids: list[int], rate: float, vocab_size: int, rng: random.Random) -> list[int]:
