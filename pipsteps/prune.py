@@ -54,6 +54,8 @@ class PruneConfig:
     device: str = field(default="cpu", metadata={"help": "device of the forward-only scores (sleb, "
                                                          "block_influence_iter, ablation scores): cpu, cuda, auto"})
     micro_batch: int = field(default=4, metadata={"help": "samples per forward pass (forward-only scores)"})
+    require_gpu: bool = field(default=False, metadata={"help": "forward-only scores: fail instead of falling back "
+                                                                 "to the CPU (compute.require_gpu)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
 
 
@@ -91,7 +93,7 @@ def forward_scores(name: str, model, calib: dict[str, Path | None], views: tuple
     missing = [v for v in views if calib.get(v) is None]
     if missing:
         raise PipError(f"{cfg.method} ({name}) needs the {' and '.join(missing)} calibration view(s) (--calib-…)")
-    model.to(resolve_device(cfg.device))
+    model.to(resolve_device(cfg.device, require_gpu=cfg.require_gpu))
     try:
         if name == "block_influence_iter":
             return block_influence(model, load_ids(calib["clean"]), cfg.micro_batch)[0]
@@ -185,6 +187,8 @@ def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
     except methods.MethodError as e:
         raise PipError(str(e)) from None
     name = score_name(cfg)
+    if need.calib and cfg.require_gpu:  # a forward-only score: fail on a missing GPU before loading the model
+        resolve_device(cfg.device, require_gpu=True)
     set_threads(cfg.threads)
     with Timer() as t, torch.no_grad():
         model = load_model(model_dir, device="cpu")

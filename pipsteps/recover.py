@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipsteps import cli
+from pipsteps.compute import ComputeConfig
 from pipsteps.io import (PipError, Timer, atomic_path, count_params, load_model, load_tokenizer, resolve_device,
                          resolve_dtype, seed_everything, set_threads, write_json)
 from pipsteps.recovery_data import IGNORE, Example, build_examples, collate, split_examples
@@ -35,11 +36,14 @@ from pipsteps.surgery import read_manifest, save_pruned
 
 log = logging.getLogger("pipsteps.recover")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-NOT_FINGERPRINTED = ("save_steps", "device", "threads")  # do not change the result
+NOT_FINGERPRINTED = ("save_steps", "device", "threads", "device_map", "require_gpu")  # do not change the result
 
 
 @dataclass(frozen=True)
-class RecoverConfig:
+class RecoverConfig(ComputeConfig):
+    """compute.* (ComputeConfig): device, dtype of the frozen base (auto: bf16 GPU, fp32 CPU), threads,
+    device_map, require_gpu; then the recovery.* settings."""
+
     source: str = field(default="yahma/alpaca-cleaned", metadata={
         "help": "HF dataset, local .json/.jsonl (instruction/input/output or text_field) or .txt, or embedded:<part>"})
     format: str = field(default="auto", metadata={"help": "auto, instruction or text (causal LM on every token)"})
@@ -64,9 +68,6 @@ class RecoverConfig:
     eval_steps: int = field(default=100, metadata={"help": "validation every N steps"})
     save_steps: int = field(default=100, metadata={"help": "resumable checkpoint every N steps"})
     seed: int = field(default=0, metadata={"help": "seed: split, data order, LoRA init, dropout"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={"help": "training dtype of the frozen base (auto: bf16 GPU, fp32 CPU)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
 
 
 def check(cfg: RecoverConfig) -> None:
@@ -214,7 +215,7 @@ def train(model: torch.nn.Module, train_set: list[Example], val_set: list[Exampl
 def merge(model_dir: Path, cfg: RecoverConfig, adapter: dict[str, torch.Tensor], device: torch.device,
           adapter_out: Path | None = None) -> torch.nn.Module:
     """Fresh base model in its stored dtype + the adapter, optionally saved (peft format), merged into the weights."""
-    pm = attach(load_model(model_dir, device), cfg, adapter)
+    pm = attach(load_model(model_dir, device, device_map=cfg.device_map), cfg, adapter)
     if adapter_out is not None:
         with atomic_path(adapter_out) as tmp:
             pm.save_pretrained(tmp)
@@ -243,7 +244,7 @@ def run(cfg: RecoverConfig, model_dir: Path, out: Path, adapter_out: Path | None
         checkpoint: Path | None = None) -> dict[str, Any]:
     check(cfg)
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
     with Timer() as t:
         tok = load_tokenizer(model_dir)
         examples, fmt = build_examples(tok, cfg.source, fmt=cfg.format, dataset_config=cfg.dataset_config,
@@ -256,7 +257,7 @@ def run(cfg: RecoverConfig, model_dir: Path, out: Path, adapter_out: Path | None
         fp = fingerprint({k: v for k, v in asdict(cfg).items() if k not in NOT_FINGERPRINTED},
                          (model_dir / "config.json").read_text(), manifest, tokens_hash(train_set + val_set))
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device))
+        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
         result = train(model, train_set, val_set, cfg, pad_id, checkpoint, fp)
         del model
         gc.collect()

@@ -4,6 +4,7 @@ on a tiny random Llama (CPU), and on CUDA when there is one."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,10 @@ def test_compute_options_reach_the_gpu_rules(tmp_path):
     grads = [line for line in out.splitlines() if "python -m pipsteps.gradients" in line]
     evals = [line for line in out.splitlines() if "python -m pipsteps.evaluate" in line]
     assert len(grads) == 2 and evals  # dense model: clean and perturbed views; dense evaluation
+    for line in grads + evals:
+        args = shlex.split(line.split("Shell command:", 1)[-1])
+        flags = {a: b for a, b in zip(args, args[1:])}
+        assert {k: flags[k] for k in ("--device", "--dtype", "--device-map", "--require-gpu")} == {
+            "--device": "auto", "--dtype": "auto", "--device-map": "balanced", "--require-gpu": "True"}, line
     for line in grads:
-        assert "--lean False --checkpointing True --device-map balanced --require-gpu True" in line, line
-    for line in evals:
-        assert "--device-map balanced --require-gpu True" in line, line
+        assert "--lean False --checkpointing True" in line, line

@@ -2,12 +2,13 @@
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from pipsteps import methods
+from pipsteps import deps, methods
 from pipsteps.config import ConfigError, check_config
 from pipsteps.zeroshot_tasks import check_tasks_config, local_inputs, resolve_files
 
@@ -66,8 +67,26 @@ _check_paths()
 
 
 def step_code(name):
-    """The step's module as an input, so that editing it reruns the step."""
-    return f"{workflow.basedir}/pipsteps/{name}.py"
+    """The step's module and every pipsteps module it imports (pipsteps.deps), as inputs: editing any of them
+    reruns the step."""
+    return deps.step_files(name, f"{workflow.basedir}/pipsteps")
+
+
+def optional(key):
+    """A nullable config string (section.name) for a `:q` shell field: "" becomes None, which the steps read as
+    unset (`:q` leaves an empty string unquoted, so the flag would lose its argument)."""
+    section, name = key.split(".")
+    return config[section][name] or None
+
+
+COMPUTE_KEYS = ("device", "dtype", "device_map", "require_gpu")
+
+
+def compute_flags(keys=COMPUTE_KEYS):
+    """compute.* as the step flags of every rule that can run on a GPU (--device … --dtype … --device-map …
+    --require-gpu …), each value shell-quoted."""
+    c = config["compute"]
+    return " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(c[k]))}" for k in keys)
 
 
 def fmt_ratio(r):
@@ -170,14 +189,14 @@ def grads_flags(wildcards, input):
 
 
 def forward_flags(wildcards, threads):
-    """Compute flags of the forward-only scores (sleb, block_influence_iter, ablation scores): they run on the
-    configured device; the other scores only read files."""
+    """Compute flags of the forward-only scores (sleb, block_influence_iter, ablation scores): they run on
+    compute.device (compute.require_gpu honoured) in the model's stored dtype, on one device (the round prunes
+    and saves the model on the CPU); the other scores only read files."""
     if not variant_needs(wildcards).calib:
         return ""
-    c = config["compute"]
     return (
-        f"--device {c['device']} --micro-batch {config['gradients']['micro_batch']}"
-        f" --threads {threads}"
+        f"{compute_flags(('device', 'require_gpu'))}"
+        f" --micro-batch {config['gradients']['micro_batch']} --threads {threads}"
     )
 
 

@@ -23,13 +23,9 @@ rule measure_efficiency:
         new_tokens=lookup(dpath="eval/efficiency/new_tokens", within=config),
         batch_sizes=lookup(dpath="eval/efficiency/batch_sizes", within=config),
         repeats=lookup(dpath="eval/efficiency/repeats", within=config),
-        device=lookup(dpath="compute/device", within=config),
-        dtype=lookup(dpath="compute/dtype", within=config),
-        device_map=lookup(dpath="compute/device_map", within=config),
-        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+        compute=compute_flags(),
     shell:
         "python -m pipsteps.efficiency --prompt-len {params.prompt_len} --new-tokens {params.new_tokens}"
-        " --batch-sizes {params.batch_sizes} --repeats {params.repeats} --device {params.device}"
-        " --dtype {params.dtype} --threads {threads} --device-map {params.device_map}"
-        " --require-gpu {params.require_gpu} --dense {input.dense} --pruned {input.pruned}"
+        " --batch-sizes {params.batch_sizes} --repeats {params.repeats}"
+        " {params.compute} --threads {threads} --dense {input.dense} --pruned {input.pruned}"
         " --stage {wildcards.stage} --out {output.efficiency} > {log} 2>&1"

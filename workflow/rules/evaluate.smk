@@ -20,13 +20,8 @@ rule evaluate_ppl:
         seq_lens=lookup(dpath="eval/seq_lens", within=config),
         max_tokens=lookup(dpath="eval/max_tokens", within=config),
         batch_tokens=lookup(dpath="eval/batch_tokens", within=config),
-        device=lookup(dpath="compute/device", within=config),
-        dtype=lookup(dpath="compute/dtype", within=config),
-        device_map=lookup(dpath="compute/device_map", within=config),
-        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+        compute=compute_flags(),
     shell:
         "python -m pipsteps.evaluate --datasets {params.datasets:q} --seq-lens {params.seq_lens}"
         " --max-tokens {params.max_tokens} --batch-tokens {params.batch_tokens}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads}"
-        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
-        " --model {input.model} --stage {wildcards.stage} --metrics {output.metrics} > {log} 2>&1"
+        " {params.compute} --threads {threads} --model {input.model} --stage {wildcards.stage} --metrics {output.metrics} > {log} 2>&1"

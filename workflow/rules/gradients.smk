@@ -24,19 +24,15 @@ rule collect_gradients:
         round=grad_round,
         micro_batch=lookup(dpath="gradients/micro_batch", within=config),
         save_dtype=lookup(dpath="gradients/save_dtype", within=config),
-        device=lookup(dpath="compute/device", within=config),
-        dtype=lookup(dpath="compute/dtype", within=config),
+        compute=compute_flags(),
         lean=lookup(dpath="compute/lean_grads", within=config),
         checkpointing=lookup(dpath="compute/grad_checkpointing", within=config),
-        device_map=lookup(dpath="compute/device_map", within=config),
-        require_gpu=lookup(dpath="compute/require_gpu", within=config),
         paired=paired_flag,
     shell:
         "python -m pipsteps.gradients --round {params.round} --view {wildcards.view}"
-        " --micro-batch {params.micro_batch} --save-dtype {params.save_dtype}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        " --micro-batch {params.micro_batch} --save-dtype {params.save_dtype:q}"
+        " {params.compute} --threads {threads}"
         " --lean {params.lean} --checkpointing {params.checkpointing}"
-        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
         " --model {input.model} --calib {input.calib} {params.paired}"
         " --out {output.grads} --metrics {output.metrics} > {log} 2>&1"
 

@@ -16,11 +16,11 @@ rule prepare_model:
     params:
         source=lookup(dpath="model/source", within=config),
         dtype=lookup(dpath="model/dtype", within=config),
-        revision=lookup(dpath="model/revision", within=config),
+        revision=optional("model.revision"),
         trust=lookup(dpath="model/trust_remote_code", within=config),
     shell:
         "python -m pipsteps.prepare_model --source {params.source:q} --dtype {params.dtype}"
-        " --revision '{params.revision}' --trust-remote-code {params.trust}"
+        " --revision {params.revision:q} --trust-remote-code {params.trust}"
         " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
 
 

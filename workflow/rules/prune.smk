@@ -53,12 +53,8 @@ rule block_influence:
         runtime="1h",
     params:
         micro_batch=lookup(dpath="gradients/micro_batch", within=config),
-        device=lookup(dpath="compute/device", within=config),
-        dtype=lookup(dpath="compute/dtype", within=config),
-        device_map=lookup(dpath="compute/device_map", within=config),
-        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+        compute=compute_flags(),
     shell:
         "python -m pipsteps.block_influence --micro-batch {params.micro_batch}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads}"
-        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
+        " {params.compute} --threads {threads}"
         " --model {input.model} --calib {input.calib} --out {output.scores} > {log} 2>&1"

@@ -7,7 +7,7 @@ if recovery_enabled():
     rule recover_lora:
         input:
             model=final_round_model,
-            code=[step_code("recover"), step_code("recovery_data"), step_code("recovery_state")],
+            code=step_code("recover"),
         output:
             model=directory("results/{unit}/{method}/r{ratio}/recovered/model"),
             adapter=directory("results/{unit}/{method}/r{ratio}/recovered/adapter"),
@@ -27,7 +27,7 @@ if recovery_enabled():
         params:
             source=lookup(dpath="recovery/source", within=config),
             format=lookup(dpath="recovery/format", within=config),
-            dataset_config=lookup(dpath="recovery/dataset_config", within=config),
+            dataset_config=optional("recovery.dataset_config"),
             split=lookup(dpath="recovery/split", within=config),
             text_field=lookup(dpath="recovery/text_field", within=config),
             max_examples=lookup(dpath="recovery/max_examples", within=config),
@@ -48,20 +48,19 @@ if recovery_enabled():
             eval_steps=lookup(dpath="recovery/eval_steps", within=config),
             save_steps=lookup(dpath="recovery/save_steps", within=config),
             seed=lookup(dpath="recovery/seed", within=config),
-            device=lookup(dpath="compute/device", within=config),
-            dtype=lookup(dpath="compute/dtype", within=config),
+            compute=compute_flags(),
             checkpoint=lambda wildcards: f"{variant_dir(wildcards)}/recovered/checkpoint",
         shell:
-            "python -m pipsteps.recover --source {params.source:q} --format {params.format}"
+            "python -m pipsteps.recover --source {params.source:q} --format {params.format:q}"
             " --dataset-config {params.dataset_config:q} --split {params.split:q}"
             " --text-field {params.text_field:q} --max-examples {params.max_examples}"
             " --val-size {params.val_size} --cutoff {params.cutoff}"
             " --train-on-inputs {params.train_on_inputs} --r {params.r} --alpha {params.alpha}"
-            " --dropout {params.dropout} --target-modules {params.target_modules}"
+            " --dropout {params.dropout} --target-modules {params.target_modules:q}"
             " --lr {params.lr} --epochs {params.epochs} --batch-size {params.batch_size}"
             " --micro-batch {params.micro_batch} --warmup-steps {params.warmup_steps}"
             " --max-grad-norm {params.max_grad_norm} --max-steps {params.max_steps}"
             " --eval-steps {params.eval_steps} --save-steps {params.save_steps} --seed {params.seed}"
-            " --device {params.device} --dtype {params.dtype} --threads {threads}"
+            " {params.compute} --threads {threads}"
             " --model {input.model} --checkpoint {params.checkpoint} --out {output.model}"
             " --adapter {output.adapter} --metrics {output.metrics} --plot {output.plot} > {log} 2>&1"

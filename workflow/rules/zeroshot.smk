@@ -2,7 +2,7 @@
 rule evaluate_tasks:
     input:
         model=stage_model,
-        code=[step_code("zeroshot"), step_code("zeroshot_tasks")],
+        code=step_code("zeroshot"),
         files=local_inputs(task_files()),
     output:
         metrics="results/{stage}/eval/tasks.json",
@@ -22,13 +22,8 @@ rule evaluate_tasks:
         limit=tasks_limit_json(),
         files=task_files_json(),
         batch_size=lookup(dpath="eval/tasks/batch_size", within=config),
-        device=lookup(dpath="compute/device", within=config),
-        dtype=lookup(dpath="compute/dtype", within=config),
-        device_map=lookup(dpath="compute/device_map", within=config),
-        require_gpu=lookup(dpath="compute/require_gpu", within=config),
+        compute=compute_flags(),
     shell:
-        "python -m pipsteps.zeroshot --tasks {params.tasks} --limit {params.limit:q}"
+        "python -m pipsteps.zeroshot --tasks {params.tasks:q} --limit {params.limit:q}"
         " --files {params.files:q} --batch-size {params.batch_size}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads}"
-        " --device-map {params.device_map} --require-gpu {params.require_gpu}"
-        " --model {input.model} --stage {wildcards.stage} --metrics {output.metrics} > {log} 2>&1"
+        " {params.compute} --threads {threads} --model {input.model} --stage {wildcards.stage} --metrics {output.metrics} > {log} 2>&1"
