@@ -4,7 +4,9 @@
 
 over non-overlapping chunks of each length in `seq_lens` (128: LLM-Pruner/FLAP tables; 2048 or the model maximum:
 SliceGPT/Wanda tables). Rows are joined with "\\n\\n" and tokenized once with the model's tokenizer defaults;
-`max_tokens` caps the token stream for CPU runs (0 = whole text).
+`max_tokens` caps the token stream for CPU runs (0 = whole text). A length above the model's
+max_position_embeddings is measured at that maximum and stored under the length actually used (`seq_len_capped`
+records which requested lengths were capped), never under the requested one.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def run(cfg: EvalConfig, model_dir: Path) -> dict[str, Any]:
         tok = load_tokenizer(model_dir)
         model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
         max_len = getattr(model.config, "max_position_embeddings", None) or max(cfg.seq_lens)
+        capped = {str(L): max_len for L in cfg.seq_lens if L > max_len}
+        if capped:
+            log.warning("seq_lens %s exceed the model's max_position_embeddings %d: measured at %d and stored "
+                        "under %d", ", ".join(capped), max_len, max_len, max_len)
+        lens = list(dict.fromkeys(min(L, max_len) for L in cfg.seq_lens))  # lengths actually used, once each
         ppl: dict[str, dict[str, float]] = {}
         tokens: dict[str, int] = {}
         for name, r in rows.items():
@@ -82,12 +89,12 @@ def run(cfg: EvalConfig, model_dir: Path) -> dict[str, Any]:
                 ids = ids[: cfg.max_tokens]
             tokens[name] = int(ids.numel())
             ppl[name] = {}
-            for L in cfg.seq_lens:
-                value, _ = perplexity(model, ids, min(L, max_len), cfg.batch_tokens, desc=f"{name}@{L}")
+            for L in lens:
+                value, _ = perplexity(model, ids, L, cfg.batch_tokens, desc=f"{name}@{L}")
                 ppl[name][str(L)] = value
                 log.info("%s: PPL@%d = %.3f (%d tokens)", name, L, value, ids.numel())
     params = count_params(model)
-    return {"ppl": ppl, "tokens": tokens, "params_total": params["total"],
+    return {"ppl": ppl, "seq_len_capped": capped, "tokens": tokens, "params_total": params["total"],
             "params_non_embedding": params["non_embedding"], "num_layers": model.config.num_hidden_layers,
             "wall_s": t.seconds, "peak_mem_mb": t.peak_mem_mb, "device": str(device)}
 

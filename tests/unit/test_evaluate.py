@@ -48,3 +48,27 @@ def test_missing_eval_file_fails_before_loading_the_model(tmp_path):
 def test_text_shorter_than_one_chunk_fails():
     with pytest.raises(PipError, match="fewer than one chunk"):
         perplexity(tiny_model("llama"), torch.arange(10), 16)
+
+
+def test_capped_length_is_stored_under_the_length_used(tiny_dir, tmp_path):
+    """A requested length above max_position_embeddings is measured at the maximum and stored under it, once."""
+    import json
+    import shutil
+
+    from pipsteps.io import load_model, load_tokenizer
+    from pipsteps.textdata import read_rows
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 32}))
+    datasets = json.dumps([{"name": "heldout", "source": "embedded:heldout"}])
+    out = run(EvalConfig(datasets=datasets, seq_lens=(16, 64, 128), max_tokens=256, threads=1), model_dir)
+    assert set(out["ppl"]["heldout"]) == {"16", "32"}  # never "64" or "128": those were not measured
+    assert out["seq_len_capped"] == {"64": 32, "128": 32}
+    model, tok = load_model(model_dir, "cpu"), load_tokenizer(model_dir)
+    ids = torch.tensor(tok("\n\n".join(read_rows("embedded:heldout")))["input_ids"])[:256]
+    for L in (16, 32):
+        assert out["ppl"]["heldout"][str(L)] == pytest.approx(perplexity(model, ids, L)[0], rel=1e-6)
+    uncapped = run(EvalConfig(datasets=datasets, seq_lens=(16,), max_tokens=256, threads=1), tiny_dir)
+    assert uncapped["seq_len_capped"] == {} and set(uncapped["ppl"]["heldout"]) == {"16"}
