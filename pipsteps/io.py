@@ -148,7 +148,7 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise PipError(f"missing file: {path}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # e.g. truncated by a killed writer or by hand
         raise PipError(f"{path} is not valid JSON: {e}") from None
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipsteps.io import PipError, atomic_path, open_safetensors
+from pipsteps.io import PipError, atomic_path, open_safetensors, read_json
 from pipsteps.width import apply_manifest, check_shapes, saved_config
 
 log = logging.getLogger("pipsteps.surgery")
@@ -60,14 +60,38 @@ def new_manifest(num_layers: int, **info: Any) -> dict[str, Any]:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The model directory's manifest (a fresh one for a plain model directory), checked: a truncated file or one
+    that lists layers the base model does not have is a one-line error naming the file."""
     f = Path(path) / MANIFEST
     if not f.exists():
-        n = json.loads((Path(path) / "config.json").read_text()).get("num_hidden_layers")
-        return new_manifest(n)
-    manifest = json.loads(f.read_text())
-    if manifest.get("format") != FORMAT:
-        raise PipError(f"{f}: unknown manifest format {manifest.get('format')!r} (expected {FORMAT})")
+        return new_manifest(read_json(Path(path) / "config.json").get("num_hidden_layers"))
+    manifest = read_json(f)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PipError(f"{f}: unknown manifest format {found!r} (expected {FORMAT})")
+    check_layers(manifest, f)
     return manifest
+
+
+def check_layers(manifest: dict[str, Any], where: str | os.PathLike) -> None:
+    """kept_layers and removed_layers are distinct indices of the base model's layers (base_num_hidden_layers)."""
+    base, kept, removed = (manifest.get(k) for k in ("base_num_hidden_layers", "kept_layers", "removed_layers"))
+    lists = (kept, removed)
+    if (not _is_int(base) or base < 1 or not all(isinstance(x, list) for x in lists)
+            or not all(_is_int(i) for x in lists for i in x)):
+        raise PipError(f"{where}: base_num_hidden_layers must be a layer count and kept_layers/removed_layers lists "
+                       "of layer indices")
+    outside = sorted({i for i in kept + removed if not 0 <= i < base})
+    if outside:
+        raise PipError(f"{where} lists layer(s) {outside} outside the base model, which has {base} layers "
+                       f"(0..{base - 1}): it belongs to another model")
+    twice = sorted({i for i in kept + removed if (kept + removed).count(i) > 1})
+    if twice:
+        raise PipError(f"{where} lists layer(s) {twice} more than once in kept_layers/removed_layers")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, out: str | os.PathLike, manifest: dict[str, Any]) -> None:
@@ -108,7 +132,7 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", dty
     if not any(path.glob("*.safetensors")):
         raise PipError(f"no safetensors weights in {path}")
     manifest = read_manifest(path)
-    n_config = json.loads((path / "config.json").read_text()).get("num_hidden_layers")
+    n_config = read_json(path / "config.json").get("num_hidden_layers")
     if n_config != len(manifest["kept_layers"]):
         raise PipError(f"{path / MANIFEST} does not match the model: it keeps {len(manifest['kept_layers'])} layers, "
                        f"config.json has {n_config}")
