@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import (PipError, Timer, atomic_path, load_model, model_devices, open_safetensors, resolve_device,
-                         resolve_dtype, set_threads, write_json)
+from pipsteps.io import (PipError, Timer, atomic_outputs, load_model, model_devices, open_safetensors,
+                         resolve_device, resolve_dtype, set_threads, write_json)
 
 log = logging.getLogger("pipsteps.gradients")
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
@@ -190,30 +190,36 @@ def layer_norms(grads: dict[str, torch.Tensor]) -> list[float]:
     return [math.sqrt(sq[i]) for i in sorted(sq)]
 
 
-def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path, paired: Path | None = None) -> dict[str, Any]:
+def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path, paired: Path | None = None,
+        metrics_out: Path | None = None) -> dict[str, Any]:
     """Mean-loss gradients of the view `calib`; with `paired` (the perturbed view), the per-sample statistic S of
-    `calib` (the clean view) against it."""
+    `calib` (the clean view) against it. With `metrics_out`, the record ({config, **metrics}) is written there, and
+    the gradient file and the record become final together, once both are complete (io.atomic_outputs)."""
     set_threads(cfg.threads)
     device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
-    with Timer() as t:
-        model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
-        ids = load_ids(calib)
-        extra: dict[str, Any] = {}
-        if paired is None:
-            grads, loss = collect(model, ids, cfg)
-        else:
-            grads, loss, extra["perturbed_loss"] = paired_sq_diff(model, ids, load_ids(paired), cfg)
-        zero = check_finite(grads, cfg)
-        if zero:
-            log.warning("round %d view %s: layers %s have all-zero gradients", cfg.round, cfg.view, zero)
-        save_dt = resolve_dtype(cfg.save_dtype, device)
-        meta = {"round": str(cfg.round), "view": cfg.view, "loss": repr(loss), "n_samples": str(ids.shape[0])}
-        with atomic_path(out) as tmp:
+    with atomic_outputs(out, metrics_out) as (tmp, tmp_metrics):
+        with Timer() as t:
+            model = load_model(model_dir, device, resolve_dtype(cfg.dtype, device), device_map=cfg.device_map)
+            ids = load_ids(calib)
+            extra: dict[str, Any] = {}
+            if paired is None:
+                grads, loss = collect(model, ids, cfg)
+            else:
+                grads, loss, extra["perturbed_loss"] = paired_sq_diff(model, ids, load_ids(paired), cfg)
+            zero = check_finite(grads, cfg)
+            if zero:
+                log.warning("round %d view %s: layers %s have all-zero gradients", cfg.round, cfg.view, zero)
+            save_dt = resolve_dtype(cfg.save_dtype, device)
+            meta = {"round": str(cfg.round), "view": cfg.view, "loss": repr(loss), "n_samples": str(ids.shape[0])}
             save_file({k: v.to(save_dt).contiguous().cpu() for k, v in grads.items()}, str(tmp), metadata=meta)
-    log.info("round %d view %s: loss %.4f, %d tensors in %.1fs", cfg.round, cfg.view, loss, len(grads), t.seconds)
-    return {"loss": loss, "grad_norm_per_layer": layer_norms(grads), "zero_grad_layers": zero,
-            **extra, "n_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "wall_s": t.seconds,
-            "peak_mem_mb": t.peak_mem_mb, "device": str(device), "devices": model_devices(model)}
+        log.info("round %d view %s: loss %.4f, %d tensors in %.1fs", cfg.round, cfg.view, loss, len(grads),
+                 t.seconds)
+        metrics = {"loss": loss, "grad_norm_per_layer": layer_norms(grads), "zero_grad_layers": zero,
+                   **extra, "n_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]), "wall_s": t.seconds,
+                   "peak_mem_mb": t.peak_mem_mb, "device": str(device), "devices": model_devices(model)}
+        if tmp_metrics is not None:
+            write_json(tmp_metrics, {"config": asdict(cfg), **metrics})
+    return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -226,8 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--metrics", required=True, type=Path, help="output metrics JSON")
 
     cfg, ns = cli.parse(GradConfig, argv, __doc__.splitlines()[0], extra)
-    metrics = run(cfg, ns.model, ns.calib, ns.out, ns.paired)
-    write_json(ns.metrics, {"config": asdict(cfg), **metrics})
+    run(cfg, ns.model, ns.calib, ns.out, ns.paired, metrics_out=ns.metrics)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | os.PathLike | None) -> Iterator[list[Path | None]]:
+    """Temporary siblings for all the outputs of one step (None stays None: an optional output not asked for),
+    renamed into place back to back, in the order given, only once the whole block has succeeded.
+
+    A job killed while it computes or writes leaves none of its outputs final: not a complete-looking gradient
+    file beside a missing metrics JSON. Give the record that marks the step done (its metrics JSON) last.
+    """
+    with contextlib.ExitStack() as stack:
+        tmps = {i: stack.enter_context(atomic_path(p))  # entered last to first: the exits rename first to last
+                for i, p in reversed(list(enumerate(paths))) if p is not None}
+        yield [tmps.get(i) for i in range(len(paths))]
+
+
 def open_safetensors(path: str | os.PathLike):
     """safe_open with a one-line error naming the file when it is missing, truncated or corrupted."""
     from safetensors import safe_open

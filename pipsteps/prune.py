@@ -33,8 +33,8 @@ from pipsteps import cli, methods
 from pipsteps.ablation import skip_losses
 from pipsteps.block_influence import block_influence
 from pipsteps.gradients import load_ids
-from pipsteps.io import (PipError, Timer, count_params, load_model, load_tokenizer, read_json, resolve_device,
-                         set_threads, write_json)
+from pipsteps.io import (PipError, Timer, atomic_outputs, count_params, load_model, load_tokenizer, read_json,
+                         resolve_device, set_threads, write_json)
 from pipsteps.plan import base_method
 from pipsteps.scores import ablation_scores, depth_scores, layer_stats
 from pipsteps.surgery import decoder_layers, read_manifest, remove_layers, save_pruned
@@ -232,8 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     calib_hash = read_json(ns.calibration)["calibration_hash"] if ns.calibration else ""
     grads = {"clean": ns.clean, "perturbed": ns.perturbed, "control": ns.control, "psdiff": ns.psdiff}
     calib = {"clean": ns.calib_clean, "perturbed": ns.calib_perturbed}
-    metrics = run(cfg, ns.model, read_json(ns.plan), ns.out, grads, calib_hash, ns.influence, calib)
-    write_json(ns.metrics, {"config": asdict(cfg), **metrics})
+    with atomic_outputs(ns.out, ns.metrics) as (out, metrics_out):  # the model and the round JSON, final together
+        metrics = run(cfg, ns.model, read_json(ns.plan), out, grads, calib_hash, ns.influence, calib)
+        write_json(metrics_out, {"config": asdict(cfg), **metrics})
 
 
 if __name__ == "__main__":

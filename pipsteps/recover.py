@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import (PipError, Timer, atomic_path, count_params, load_model, load_tokenizer, resolve_device,
-                         resolve_dtype, seed_everything, set_threads, write_json)
+from pipsteps.io import (PipError, Timer, atomic_outputs, atomic_path, count_params, load_model, load_tokenizer,
+                         resolve_device, resolve_dtype, seed_everything, set_threads, write_json)
 from pipsteps.recovery_data import IGNORE, Example, build_examples, collate, split_examples
 from pipsteps.recovery_state import (fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      tokens_hash)
@@ -290,10 +290,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--plot", type=Path, default=None, help="output loss-curve PNG")
 
     cfg, ns = cli.parse(RecoverConfig, argv, __doc__.splitlines()[0], extra)
-    metrics = run(cfg, ns.model, ns.out, ns.adapter, ns.checkpoint)
-    if ns.plot:
-        plot_history(metrics["history"], metrics["best_step"], ns.plot)
-    write_json(ns.metrics, {"config": asdict(cfg), **metrics})
+    # the merged model, adapter, plot and recovery JSON become final together (the checkpoint is not an output)
+    with atomic_outputs(ns.out, ns.adapter, ns.plot, ns.metrics) as (out, adapter, plot, metrics_out):
+        metrics = run(cfg, ns.model, out, adapter, ns.checkpoint)
+        if plot:
+            plot_history(metrics["history"], metrics["best_step"], plot)
+        write_json(metrics_out, {"config": asdict(cfg), **metrics})
     if ns.checkpoint and ns.checkpoint.exists():
         shutil.rmtree(ns.checkpoint)  # every output is in place: the next run of this job starts afresh
 
