@@ -1,3 +1,5 @@
+import time
+
 from snakemake.utils import min_version
 
 min_version("9.20")
@@ -30,3 +32,16 @@ rule all:
         "results/summary.md",
         plot_targets(),
         tracking_targets(),
+
+
+# The end of a successful run (never a dry run or a failure): the short results table on the terminal when this
+# run wrote it, else where the results are.
+RUN_STARTED = time.time()
+
+
+onsuccess:
+    brief = Path("results/summary.txt")
+    if brief.exists() and brief.stat().st_mtime >= RUN_STARTED - 1:
+        print(f"\n{brief.read_text()}", flush=True)
+    elif brief.exists():
+        print(f"\nResults (not changed by this run): {brief.with_suffix('.md')}", flush=True)

@@ -1,14 +1,17 @@
 """Step: PNG plots of a finished run (results/plots/*.png), for the HTML report (`snakemake --report`).
 
 `results` draws, from the step outputs under `--results`:
-  layer_scores.png     per scored variant, a heatmap of the layer scores (PertImport for PIP) per round and original
-                       layer index; the layer(s) removed in each round are crossed, removed layers are blank
+  layer_scores.png     depth variants with scores: a heatmap of the layer scores (PertImport for PIP) per round and
+                       original layer index; the layer(s) removed in each round are crossed, removed layers are blank
+  width_scores.png     width variants with scores: every KV group's and the MLP channels' scores per layer and round
+                       (pipsteps.plots_width), with the same numbers in width_scores.tsv
   removed_layers.png   per variant, which original layers were removed and in which round (blank = kept)
   metric_vs_ratio.png  every PPL column (and the zero-shot average) of summary.tsv against the target ratio, one
                        line per method (dense at ratio 0), LoRA-recovered variants dashed
 `latency` draws latency.png from the variants' efficiency.json: prefill latency, decode tokens/s and peak memory,
 dense vs each pruned variant per batch size, with the speedup over the dense model measured in the same job.
 `results` also writes summary.tsv as an HTML table fragment (--table), which the report shows and embeds.
+Stage names are parsed with the method registry's wildcard pattern (pipsteps.methods).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from pipsteps import cli  # noqa: E402
+from pipsteps import cli, methods, plots_width  # noqa: E402
 from pipsteps.io import PipError, atomic_path, read_json, write_text  # noqa: E402
 
 log = logging.getLogger("pipsteps.plots")
@@ -66,13 +69,15 @@ def score_matrix(rounds: list[dict[str, Any]], n_layers: int) -> tuple[np.ndarra
 
 def plot_layer_scores(results: Path, variants: list[str], n_layers: int, out: Path, cfg: PlotConfig) -> None:
     data = {v: read_rounds(results, v) for v in variants}
-    scored = {v: rds for v, rds in data.items() if any(s["score"] is not None for s in rds[0]["layer_scores"])}
+    scored = {v: rds for v, rds in data.items()
+              if "group_scores" not in rds[0] and any(s["score"] is not None for s in rds[0]["layer_scores"])}
     heights = [max(1.2, 0.35 * len(rds) + 0.9) for rds in scored.values()] or [1.5]
     fig, axes = plt.subplots(len(heights), 1, figsize=(max(6.0, 0.28 * n_layers + 2.5), sum(heights) + 0.6),
                              gridspec_kw={"height_ratios": heights}, squeeze=False, sharex=True, layout="constrained")
     if not scored:
         axes[0, 0].axis("off")
-        axes[0, 0].text(0.5, 0.5, "no scored variant (random removal has no layer scores)", ha="center")
+        axes[0, 0].text(0.5, 0.5, "no depth variant with layer scores in this run (random removal has none)",
+                        ha="center")
     for ax, (v, rds) in zip(axes[:, 0], scored.items()):
         m, removed = score_matrix(rds, n_layers)
         finite = m[np.isfinite(m)]
@@ -89,6 +94,17 @@ def plot_layer_scores(results: Path, variants: list[str], n_layers: int, out: Pa
         fig.colorbar(img, ax=ax, pad=0.01).set_label(rds[0]["score"], fontsize=8)
     axes[-1, 0].set_xlabel("original layer index")
     save(fig, out, cfg)
+
+
+def plot_width_scores(results: Path, variants: list[str], n_layers: int, out: Path, data_out: Path,
+                      cfg: PlotConfig) -> None:
+    """width_scores.png and width_scores.tsv of the scored width variants (pipsteps.plots_width)."""
+    data = {v: read_rounds(results, v) for v in variants}
+    scored = {v: rds for v, rds in data.items() if plots_width.is_scored_width(rds)}
+    candidates = {v: read_json(results / v / "plan.json")["candidates"] for v in scored}
+    table = [row for v, rds in scored.items() for row in plots_width.rows(v, rds, candidates[v])]
+    save(plots_width.figure(scored, n_layers, candidates), out, cfg)
+    write_text(data_out, plots_width.tsv(table))
 
 
 def _heat(ax: plt.Axes, m: np.ndarray, labels: list[str], text: np.ndarray, title: str, **kw: Any) -> None:
@@ -162,7 +178,30 @@ def _num(s: str | None) -> float:
         return math.nan
 
 
+def stage_parts(stage: str) -> tuple[str, str, float, bool] | None:
+    """(unit, method wildcard, ratio, recovered) of a variant stage unit/method/rRATIO[/recovered], with the
+    method matched by the registry's wildcard pattern; None for any other row (dense)."""
+    m = re.fullmatch(rf"([a-z]+)/({methods.WILDCARD_RE})/r([0-9.e+-]+)({RECOVERED})?", stage)
+    if not m:
+        return None
+    return m.group(1), m.group(2), float(m.group(3)), bool(m.group(4))
+
+
+def series_name(stage: str) -> str | None:
+    """The metric_vs_ratio line of a stage: unit/method (random seeds pooled), `(recovered)` for LoRA rows."""
+    parts = stage_parts(stage)
+    if parts is None:
+        return None
+    unit, method, _, recovered = parts
+    base, _, seed = methods.parse(method)
+    return f"{unit}/{base if seed is not None else method}" + (" (recovered)" if recovered else "")
+
+
 def plot_metric_vs_ratio(summary: Path, out: Path, cfg: PlotConfig) -> None:
+    save(metric_vs_ratio_figure(summary), out, cfg)
+
+
+def metric_vs_ratio_figure(summary: Path) -> plt.Figure:
     """One line per unit/method (random seeds pooled: mean, with min-max bars), from the dense model at ratio 0."""
     rows = read_summary(summary)
     dense = next((r for r in rows if r["stage"] == "dense"), None)
@@ -171,10 +210,11 @@ def plot_metric_vs_ratio(summary: Path, out: Path, cfg: PlotConfig) -> None:
         raise PipError(f"{summary}: needs a dense row and ppl_ columns")
     series: dict[str, dict[float, list[dict[str, str]]]] = {}
     for r in rows:
-        m = re.fullmatch(r"([a-z]+)/([a-z_]+?)(?:_s\d+)?/r(0\.\d+)(/recovered)?", r["stage"])
-        if m:
-            name = f"{m.group(1)}/{m.group(2)}" + (" (recovered)" if m.group(4) else "")
-            series.setdefault(name, {}).setdefault(float(m.group(3)), []).append(r)
+        name = series_name(r["stage"])
+        if name is None and r["stage"] != "dense":
+            raise PipError(f"{summary}: stage {r['stage']!r} is not unit/method/rRATIO[/recovered]")
+        if name is not None:
+            series.setdefault(name, {}).setdefault(stage_parts(r["stage"])[2], []).append(r)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False, layout="constrained")
     for ax, col in zip(axes[0], metrics):
         d = _num(dense[col])
@@ -192,7 +232,7 @@ def plot_metric_vs_ratio(summary: Path, out: Path, cfg: PlotConfig) -> None:
         ax.set_xlabel("target ratio (fraction of parameters removed)")
         ax.set_title(col, fontsize=9)
     axes[0, 0].legend(fontsize=7)
-    save(fig, out, cfg)
+    return fig
 
 
 def table_html(summary: Path) -> str:
@@ -245,8 +285,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     res.add_argument("--variants", nargs="+", required=True, help="variant stages unit/method/rRATIO")
     res.add_argument("--summary", type=Path, required=True, help="summary.tsv")
     res.add_argument("--table", type=Path, required=True, help="output HTML table of summary.tsv")
-    for name in ("layer-scores", "removed-layers", "metric-vs-ratio"):
+    for name in ("removed-layers", "metric-vs-ratio"):
         res.add_argument(f"--{name}", type=Path, required=True, help=f"output {name} PNG")
+    res.add_argument("--layer-scores", type=Path, help="output layer scores PNG (runs with scored depth variants)")
+    res.add_argument("--width-scores", type=Path, help="output width scores PNG (runs with scored width variants)")
+    res.add_argument("--width-data", type=Path, help="output width scores TSV (with --width-scores)")
     lat = sub.add_parser("latency", help="dense vs pruned latency, throughput and memory")
     cli.add_dataclass_args(lat, PlotConfig)
     lat.add_argument("--efficiency", nargs="+", type=Path, required=True, help="efficiency.json of each variant")
@@ -256,7 +299,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if ns.what == "results":
         n_layers = read_json(ns.results / "base" / "model.json")["num_layers"]
         plot_metric_vs_ratio(ns.summary, ns.metric_vs_ratio, cfg)
-        plot_layer_scores(ns.results, ns.variants, n_layers, ns.layer_scores, cfg)
+        if ns.layer_scores:
+            plot_layer_scores(ns.results, ns.variants, n_layers, ns.layer_scores, cfg)
+        if ns.width_scores:
+            plot_width_scores(ns.results, ns.variants, n_layers, ns.width_scores,
+                              ns.width_data or ns.width_scores.with_suffix(".tsv"), cfg)
         plot_removed_layers(ns.results, ns.variants, n_layers, ns.removed_layers, cfg)
         write_text(ns.table, table_html(ns.summary))
     else:

@@ -2,6 +2,8 @@
 
 Reads the step outputs by the workflow's path convention under `--results`: the dense model and calibration
 metrics, each stage's evaluation, each variant's plan, round JSONs and gradient metrics (for wall times).
+`--brief` also writes a short plain-text table (params, removed fraction, perplexities, zero-shot average, decode
+speed with the speedup over dense) that the workflow prints on the terminal when a run ends.
 """
 
 from __future__ import annotations
@@ -116,6 +118,36 @@ def run(results: Path, stages: list[str], with_tasks: bool = False,
     return tsv, "\n".join(md)
 
 
+def brief(tsv: str, md_path: str = "results/summary.md") -> str:
+    """The short terminal table of a summary.tsv text: one line per stage, aligned columns."""
+    lines = [line.split("\t") for line in tsv.splitlines() if line]
+    head, rows = lines[0], [dict(zip(lines[0], r)) for r in lines[1:]]
+    decode = next((c for c in head if c.startswith("decode_tok_s@")), None)
+    cols = [("stage", "stage"), ("params", "params"), ("ratio", "removed")]
+    cols += [(c, "ppl " + c.removeprefix("ppl_")) for c in head if c.startswith("ppl_")]
+    cols += [("zs_avg", "zero-shot avg")] if "zs_avg" in head else []
+    cols += [(decode, "decode tok/s " + decode.split("@")[1])] if decode else []
+    dense = next((r for r in rows if r["stage"] == "dense"), {})
+
+    def cell(r: dict[str, str], c: str) -> str:
+        v = r.get(c, "")
+        if c == "params" and v.isdigit():
+            return f"{int(v) / 1e6:.2f}M"
+        if c == "ratio":
+            return "-" if r["stage"] == "dense" else f"{float(v):.1%}"
+        if c == decode and v not in ("", "-") and r["stage"] != "dense" and dense.get(c, "") not in ("", "-"):
+            return f"{v} ({float(v) / float(dense[c]):.2f}x)"
+        return v or "-"
+
+    table = [[name for _, name in cols]] + [[cell(r, c) for c, _ in cols] for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(len(cols))]
+    text = ["  ".join(t[i].ljust(w) if i == 0 else t[i].rjust(w) for i, w in enumerate(widths)) for t in table]
+    n = sum(r["stage"] != "dense" for r in rows)
+    return "\n".join([f"PIP summary: dense vs {n} pruned variant{'s' * (n != 1)}", "", *text, "",
+                      f"Full table: {md_path} (and .tsv). Plots: results/plots/. "
+                      "HTML report: snakemake --report report.html", ""])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory")
@@ -125,10 +157,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="add the latency / throughput / memory columns (results/VARIANT/eval/efficiency.json)")
     p.add_argument("--tsv", required=True, type=Path)
     p.add_argument("--md", required=True, type=Path)
+    p.add_argument("--brief", type=Path, default=None, help="output short plain-text table (printed at the run's end)")
     ns = p.parse_args(argv)
     tsv, md = run(ns.results, ns.stages, ns.with_tasks, ns.with_efficiency)
     write_text(ns.tsv, tsv)
     write_text(ns.md, md)
+    if ns.brief:
+        write_text(ns.brief, brief(tsv, str(ns.md)))
     print(md)
 
 

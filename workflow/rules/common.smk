@@ -366,8 +366,16 @@ def efficiency_outputs():
     return expand("results/{stage}/eval/efficiency.json", stage=variants())
 
 
+def score_plots():
+    """layer_scores / width_scores when the run has a depth / width variant with scores (random has none)."""
+    scored = [s.split("/") for s in variants()]
+    units = {unit for unit, method, _ in scored if methods.parse(method)[0] != "random"}
+    return [n for n, u in (("layer_scores", "depth"), ("width_scores", "width")) if u in units]
+
+
 def plot_targets():
-    """The PNGs the default target builds: the run plots, plus the latency plot with eval.efficiency."""
-    pngs = ["layer_scores", "removed_layers", "metric_vs_ratio"]
+    """The PNGs the default target builds: the score plots that apply, the run plots, and the latency plot
+    with eval.efficiency."""
+    pngs = [*score_plots(), "removed_layers", "metric_vs_ratio"]
     pngs += ["latency"] if efficiency_cfg()["enabled"] else []
     return expand("results/plots/{name}.png", name=pngs)

@@ -1,5 +1,6 @@
-# PNG plots and the HTML results table of the run, marked for `snakemake --report report.html` (captions in workflow/report/). Static inputs
-# only, as for the summary: the round JSONs are read by path convention (written with the final models).
+# PNG plots and the HTML results table of the run, marked for `snakemake --report report.html` (captions in
+# workflow/report/). Static inputs only, as for the summary: the round JSONs are read by path convention (written
+# with the final models). The score plots exist only when the run has variants with scores of that unit.
 rule plot_results:
     input:
         summary="results/summary.tsv",
@@ -7,11 +8,6 @@ rule plot_results:
         model="results/base/model.json",
         code=step_code("plots"),
     output:
-        layer_scores=report(
-            "results/plots/layer_scores.png",
-            caption="../report/layer_scores.rst",
-            category="Pruning",
-        ),
         removed_layers=report(
             "results/plots/removed_layers.png",
             caption="../report/removed_layers.rst",
@@ -27,6 +23,19 @@ rule plot_results:
             caption="../report/summary.rst",
             category="Summary",
         ),
+        **{
+            name: report(
+                f"results/plots/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Pruning",
+            )
+            for name in score_plots()
+        },
+        **(
+            {"width_data": "results/plots/width_scores.tsv"}
+            if "width_scores" in score_plots()
+            else {}
+        ),
     log:
         "logs/plot_results/plots.log",
     benchmark:
@@ -38,9 +47,14 @@ rule plot_results:
         runtime="10m",
     params:
         variants=variants(),
+        scores=lambda wildcards, output: " ".join(
+            f"--{k.replace('_', '-')} {getattr(output, k)}"
+            for k in ("layer_scores", "width_scores", "width_data")
+            if hasattr(output, k)
+        ),
     shell:
         "python -m pipsteps.plots results --results results --variants {params.variants}"
-        " --summary {input.summary} --layer-scores {output.layer_scores}"
+        " --summary {input.summary} {params.scores}"
         " --removed-layers {output.removed_layers} --metric-vs-ratio {output.metric_vs_ratio}"
         " --table {output.table} > {log} 2>&1"
 

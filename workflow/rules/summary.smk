@@ -16,6 +16,7 @@ rule summarize:
     output:
         tsv="results/summary.tsv",
         md="results/summary.md",
+        brief="results/summary.txt",
     log:
         "logs/summarize/summary.log",
     benchmark:
@@ -31,4 +32,5 @@ rule summarize:
         with_efficiency="--with-efficiency" if efficiency_cfg()["enabled"] else "",
     shell:
         "python -m pipsteps.summarize --results results --stages {params.stages}"
-        " {params.with_tasks} {params.with_efficiency} --tsv {output.tsv} --md {output.md} > {log} 2>&1"
+        " {params.with_tasks} {params.with_efficiency} --tsv {output.tsv} --md {output.md}"
+        " --brief {output.brief} > {log} 2>&1"
