@@ -1,13 +1,71 @@
-"""Shared fixtures: repo paths and a prepared tiny model directory (built from a config in seconds)."""
+"""Shared fixtures (repo paths, a prepared tiny model directory built from a config in seconds, the tiny workflow run)
+and the rule for tests that need something outside the repository.
+
+Two markers name such needs:
+- `shared_data`: the real evaluation files in ../shared/data (or $PIPSTEPS_SHARED_DATA);
+- `slurm`: a SLURM installation (munged, slurmctld, slurmd, sbatch, ...) and root, to start a one-node cluster
+  (tests/slurm/local_slurm.sh; tests/slurm/install_slurm.sh installs SLURM, a step of .ci/run).
+When the need is missing such a test is skipped with the reason, except under CI=true: there a missing data folder
+or a missing SLURM fails the test, so CI never passes by skipping them.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("PIPSTEPS_SHARED_DATA") or REPO.parent / "shared" / "data")
+FIXTURES = REPO / "tests" / "fixtures"
+SLURM_BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "scontrol")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def shared_data_missing() -> str | None:
+    """Why the real data cannot be used, or None."""
+    if not (SHARED_DATA / "SOURCES.md").exists():
+        return f"needs the real evaluation data in {SHARED_DATA} (not found; set PIPSTEPS_SHARED_DATA to its path)"
+    return None
+
+
+def slurm_missing() -> str | None:
+    """Why the local SLURM cluster cannot be started, or None."""
+    absent = [b for b in SLURM_BINARIES if shutil.which(b) is None]
+    if absent:
+        return (f"needs SLURM ({', '.join(absent)} not found); install it with `sudo bash "
+                f"tests/slurm/install_slurm.sh` (Debian/Ubuntu)")
+    if os.geteuid() != 0:
+        return "needs root: starts munged, slurmctld and slurmd and writes /etc/slurm"
+    return None
+
+
+NEEDS = {"shared_data": shared_data_missing, "slurm": slurm_missing}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data: needs the real evaluation data in ../shared/data "
+                                       "(skipped without it; a failure under CI=true)")
+    config.addinivalue_line("markers", "slurm: needs SLURM and root for a local cluster "
+                                       "(skipped without them; a failure under CI=true)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
+def pytest_runtest_setup(item):
+    for marker, missing in NEEDS.items():
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = missing()
+        if reason is None:
+            continue
+        if in_ci():
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +92,21 @@ def smol(tmp_path_factory) -> tuple[Path, dict]:
     d = tmp_path_factory.mktemp("smol")
     info = run(PrepareConfig(source="embedded:smollm2"), d / "model")
     return d, info
+
+
+@pytest.fixture(scope="session")
+def task_fixtures(tmp_path_factory) -> Path:
+    """The hand-written zero-shot fixtures (tests/fixtures/tasks: five made-up examples per task) laid out like
+    ../shared/data, HellaSwag bzip2-compressed under its standard name as in the real data."""
+    import bz2
+
+    d = tmp_path_factory.mktemp("task-fixtures")
+    shutil.copytree(FIXTURES / "tasks", d, dirs_exist_ok=True)
+    plain = d / "hellaswag" / "hellaswag_val_full.txt"
+    with bz2.open(plain.with_suffix(".txt.bz2"), "wt", encoding="utf-8") as f:
+        f.write(plain.read_text(encoding="utf-8"))
+    plain.unlink()
+    return d
 
 
 E2E = REPO / "tests" / "e2e" / "config.yaml"

@@ -1,8 +1,10 @@
-"""Zero-shot tasks with the real lm-eval: local loaders on the full shared/data files, task definitions identical to
-lm-eval's own, real runs of the tiny model (all seven tasks) and of the embedded SmolLM2 (slow), bad input, and the
-evaluate_tasks rule in the workflow.
+"""Zero-shot tasks with the real lm-eval: local loaders, task definitions identical to lm-eval's own, real runs of
+the tiny model (all seven tasks) and of the embedded SmolLM2 (slow), bad input, and the evaluate_tasks rule in the
+workflow.
 
-The task files are small copies (the first few examples, same formats) of ../shared/data, built in a temp dir.
+The plumbing runs on tests/fixtures/tasks: five made-up examples per task in each task's file format (conftest's
+`task_fixtures`), so a clone without ../shared runs it. The tests marked `shared_data` read the real files of
+../shared/data (all of them, or the first few examples of each); they skip without them, and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import SHARED_DATA
 from pipsteps.config import ConfigError, check_config
 from pipsteps.io import PipError
 from pipsteps.zeroshot import ZeroShotConfig, main, parse_limits
@@ -26,11 +29,8 @@ from pipsteps.zeroshot import run as zeroshot
 from pipsteps.zeroshot_tasks import LOADERS, STANDARD_FILES, TASKS, check_tasks_config, task_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 E2E = REPO / "tests" / "e2e" / "config.yaml"
-N_SMALL = 5
-
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "SOURCES.md").exists(), reason=f"needs {SHARED_DATA}")
+N_SMALL = 5  # examples per task in the fixtures and in the heads of the real files
 
 # lm-eval's own task definitions, by path inside the installed lm_eval/tasks
 LM_EVAL_YAML = {"boolq": "super_glue/boolq/default.yaml", "piqa": "piqa/piqa.yaml",
@@ -56,13 +56,44 @@ def copy_head(task: str, src_dir: Path, dst_dir: Path, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
+def small_data(task_fixtures) -> Path:
+    """The hand-written fixtures in the shared/data layout."""
+    return task_fixtures
+
+
+@pytest.fixture(scope="module")
+def shared_head(tmp_path_factory) -> Path:
+    """The first N_SMALL examples of every real task file (tests using it carry the shared_data marker)."""
     d = tmp_path_factory.mktemp("taskdata")
     for task in TASKS:
         copy_head(task, SHARED_DATA, d, N_SMALL)
     return d
 
 
+def test_loaders_read_the_fixture_files(small_data):
+    """Every field of every local format, on the fixtures: labels parsed, HellaSwag unpacked from .bz2 and
+    preprocessed, ARC's 3-, 4- and 5-choice and digit-labelled questions kept as they are."""
+    rows = {t: LOADERS[t](small_data / STANDARD_FILES[t]) for t in TASKS}
+    assert {t: len(r) for t, r in rows.items()} == dict.fromkeys(TASKS, N_SMALL)
+    assert [r["label"] for r in rows["boolq"]] == [1, 0, 1, 0, 1]
+    assert rows["boolq"][1]["question"] == "can penguins fly through the air"
+    assert [r["label"] for r in rows["piqa"]] == [0, 1, 0, 0, 1]
+    assert rows["piqa"][4]["sol2"] == "put a drop of oil on the hinges and swing the door a few times."
+    assert [r["label"] for r in rows["hellaswag"]] == [2, 0, 3, 1, 2]
+    assert rows["hellaswag"][1]["query"] == ("Riding a bike: A girl wheels her bicycle out of the garage. "
+                                             "She checks the tyres. she")
+    assert rows["hellaswag"][0]["choices"][2] == "puts the kettle on the stove and waits for it to boil."
+    assert [r["answer"] for r in rows["winogrande"]] == ["1", "2", "2", "1", "1"]
+    assert "  _ was closer" in rows["winogrande"][4]["sentence"]  # double spaces kept, as in the real file
+    easy = rows["arc_easy"]
+    assert [len(r["choices"]["text"]) for r in easy] == [4, 3, 4, 5, 4]
+    assert easy[2]["choices"]["label"] == ["1", "2", "3", "4"] and easy[2]["answerKey"] == "3"
+    assert easy[0]["question"] == "Which of these is a source of light?"
+    assert [r["answerKey"] for r in rows["arc_challenge"]] == ["B", "C", "2", "A", "D"]
+    assert [r["answerKey"] for r in rows["openbookqa"]] == ["A", "B", "C", "D", "A"]
+
+
+@pytest.mark.shared_data
 def test_loaders_read_every_shared_file_completely():
     rows = {t: LOADERS[t](SHARED_DATA / STANDARD_FILES[t]) for t in TASKS}
     assert {t: len(r) for t, r in rows.items()} == {"boolq": 3270, "piqa": 1838, "hellaswag": 10042,
@@ -79,15 +110,16 @@ def test_loaders_read_every_shared_file_completely():
     assert all(r["label"] in (0, 1) for r in rows["piqa"])
 
 
+@pytest.mark.parametrize("data", ["small_data", pytest.param("shared_head", marks=pytest.mark.shared_data)])
 @pytest.mark.parametrize("task", TASKS)
-def test_local_definition_builds_the_same_requests_as_lm_eval(task, small_data):
+def test_local_definition_builds_the_same_requests_as_lm_eval(task, data, request):
     """Our task config and lm-eval's own YAML (only the dataset swapped) give identical contexts, continuations and
-    gold targets on the same rows."""
+    gold targets on the same rows: the fixtures and the first examples of the real files."""
     import lm_eval.tasks
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    rows = LOADERS[task](small_data / STANDARD_FILES[task])
+    rows = LOADERS[task](request.getfixturevalue(data) / STANDARD_FILES[task])
     ours = ConfigurableTask(config=task_config(task, rows, "test"))
     theirs_cfg = load_yaml(Path(lm_eval.tasks.__file__).parent / LM_EVAL_YAML[task], resolve_func=True)
     theirs_cfg.pop("process_docs", None)  # hellaswag: maps the raw HF fields to query/choices, which our rows hold
@@ -161,6 +193,7 @@ def test_heterogeneous_width_pruned_model_scores_as_in_memory(small_data, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_smollm2_beats_chance_on_piqa_and_arc_easy(smol):
     """The real embedded SmolLM2-135M on the first 50 PIQA and 50 ARC-Easy examples of the shared files."""
     files = {t: str(SHARED_DATA / STANDARD_FILES[t]) for t in ("piqa", "arc_easy")}

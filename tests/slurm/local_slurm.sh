@@ -2,10 +2,10 @@
 # A real single-node SLURM cluster on localhost for tests/test_slurm.py: munged + slurmctld + slurmd,
 # started directly (no systemd, no cgroups, no accounting database). Debian 12 (slurm 22.05), as root.
 #
-#   bash tests/slurm/local_slurm.sh start    # install if missing, (re)write the config, start, wait for 'idle'
+#   bash tests/slurm/local_slurm.sh start    # (re)write the config, start, wait for 'idle'
 #   bash tests/slurm/local_slurm.sh stop     # stop the daemons this script started (by their pid files)
 #   bash tests/slurm/local_slurm.sh status
-# Exit status 3: SLURM is missing and cannot be installed (no apt-get, no network); tests/test_slurm.py skips then.
+# It installs nothing: tests/slurm/install_slurm.sh does (a step of .ci/run). Exit status 3: SLURM is not installed.
 #
 # Knobs: PIPSTEPS_SLURM_DIR (state, logs, pid files, munge key; default /tmp/pipsteps-slurm),
 # PIPSTEPS_SLURM_CPUS (default 4), PIPSTEPS_SLURM_MEM_MB (default 262144), PIPSTEPS_SLURM_GPUS (default 2).
@@ -96,16 +96,10 @@ EOF
 
 start() {
   [[ $EUID -eq 0 ]] || { say "must run as root"; exit 1; }
-  if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
-    || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
-    command -v apt-get >/dev/null || { say "SLURM is not installed and there is no apt-get"; exit 3; }
-    say "installing slurmctld slurmd slurm-client munge (apt)"
-    export DEBIAN_FRONTEND=noninteractive
-    # exit 3 = "cannot be installed here" (no network, no package): tests/test_slurm.py skips on it
-    apt-get update -qq || { say "apt-get update failed"; exit 3; }
-    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
-      || { say "apt-get install slurmctld slurmd slurm-client munge failed"; exit 3; }
-  fi
+  local b
+  for b in munged mungekey slurmctld slurmd sbatch sinfo; do
+    command -v "$b" >/dev/null || { say "$b not found: install SLURM with tests/slurm/install_slurm.sh"; exit 3; }
+  done
   if [[ -e "$CONF" ]] && ! grep -qF "$MARK" "$CONF"; then
     say "$CONF was not written by this script; refusing to replace a real SLURM config"
     exit 1
