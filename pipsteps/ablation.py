@@ -5,7 +5,7 @@ the view's tokens and L(M∖i, v) the same with decoder layer i skipped (its inp
 The depth scores built from these losses (lowest = removed first; pipsteps.scores.ABLATION_SCORES):
 
     sleb          L(M∖i, s)                                                      (SLEB, Song et al. 2024)
-    gap_ablation  |gap(M∖i) − gap(M)|,  gap(M) = L(M, s̃) − L(M, s)               (METHOD.md §4)
+    gap_ablation  |gap(M∖i) − gap(M)|,  gap(M) = L(M, s̃) − L(M, s)               (docs/methods.md)
     pip_greedy    [L(M∖i, s) − L(M, s)] + [L(M∖i, s̃) − L(M, s̃)]                   (both views' loss increase)
     gap_greedy    [L(M∖i, s) − L(M, s)] + |gap(M∖i) − gap(M)|                   (clean loss + gap change)
 

@@ -1,4 +1,4 @@
-"""Step: ShortGPT block influence of every decoder layer, forward only (METHOD.md §6, Men et al. 2024).
+"""Step: ShortGPT block influence of every decoder layer, forward only (docs/methods.md; Men et al. 2024).
 
     BI_i = 1 − mean over the clean calibration tokens of cos(h_in,i, h_out,i)
 

@@ -1,4 +1,4 @@
-"""Step: calibration data, a clean view and a perturbed view of the same n text windows (METHOD.md §2).
+"""Step: calibration data, a clean view and a perturbed view of the same n text windows (docs/method.md).
 
 The corpus (rows joined with "\\n\\n") is cut into consecutive windows of seq_len + margin tokens snapped to word
 boundaries; n of them are drawn with the seed. The words inside each window's first seq_len tokens are perturbed

@@ -1,4 +1,4 @@
-"""Step: perplexity of one model stage (dense or pruned) on WikiText-2 / PTB style text (METHOD.md §9).
+"""Step: perplexity of one model stage (dense or pruned) on WikiText-2 / PTB style text (docs/evaluation.md).
 
     PPL = exp( Σ_chunks Σ_t NLL(x_t | x_<t) / #predicted tokens )
 

@@ -1,4 +1,4 @@
-"""Step: mean-loss gradients of every decoder-layer parameter for one calibration view (METHOD.md §3).
+"""Step: mean-loss gradients of every decoder-layer parameter for one calibration view (docs/method.md).
 
     G_v = ∇_W  (1/n) Σ_samples  CE(M_r, v_sample)
 

@@ -1,4 +1,4 @@
-"""Rule-based perturbed view (METHOD.md §2): meaning-changing one-character edits that yield another real word.
+"""Rule-based perturbed view (docs/perturbation.md): meaning-changing one-character edits that yield another real word.
 The lexicon machinery here (neighbours, eligible words, apply_edits) is shared by the aux-model generators
 (pipsteps.guided, pipsteps.llm_edit).
 

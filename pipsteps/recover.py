@@ -1,4 +1,4 @@
-"""Step: LoRA recovery of a pruned model, merged and saved in the pruned-model format (METHOD.md §8).
+"""Step: LoRA recovery of a pruned model, merged and saved in the pruned-model format (docs/recovery.md).
 
 LLM-Pruner's recipe as defaults: LoRA r 8, alpha 16, dropout 0.05 on all 7 projections, AdamW lr 1e-4 with 100
 linear warm-up steps then linear decay, 2 epochs, batch 64 by gradient accumulation over micro-batches of 4,

@@ -1,4 +1,4 @@
-"""Training data for LoRA recovery (METHOD.md §8): instruction data or plain text, tokenized and split.
+"""Training data for LoRA recovery (docs/recovery.md): instruction data or plain text, tokenized and split.
 
 Sources: a Hugging Face dataset (default `yahma/alpaca-cleaned`), a local `.json` (a list of objects, or JSON lines)
 or `.jsonl` with instruction/input/output fields, or plain text (`embedded:calibration`, `embedded:heldout`, a

@@ -1,4 +1,4 @@
-"""Per-layer importance scores for depth pruning (METHOD.md §4, §6). Lowest score = pruned first.
+"""Per-layer importance scores for depth pruning (docs/methods.md). Lowest score = pruned first.
 
 With D = G_clean − G_perturbed summed over all parameters of decoder layer i:
 

@@ -1,4 +1,4 @@
-"""Physical pruning and the saved pruned-model format (METHOD.md §7).
+"""Physical pruning and the saved pruned-model format (docs/usage.md).
 
 A pruned model directory is a normal Hugging Face directory (safetensors, tokenizer, config) plus
 `pruning_manifest.json`. Depth pruning keeps every layer's shape, so its config is a stock config with fewer

@@ -1,4 +1,4 @@
-"""Width importance scores per KV group and per MLP channel (METHOD.md §4, §6). Lowest score = pruned first.
+"""Width importance scores per KV group and per MLP channel (docs/methods.md). Lowest score = pruned first.
 
 With D = G_clean − G_perturbed, summed over every element k of a group (pipsteps.width: a KV group = its q/k/v
 rows, biases and o_proj columns; a channel = its gate/up rows, biases and down_proj column):
