@@ -1,4 +1,4 @@
-"""Step: inference efficiency of a pruned variant against the dense model, same device, same process (docs/evaluation.md).
+"""Step: inference efficiency of a pruned variant vs the dense model, same device, same process (docs/evaluation.md).
 
 For each model (dense first, then pruned; loaded one at a time with `load_pruned`) and each batch size b:
 

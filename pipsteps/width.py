@@ -1,4 +1,4 @@
-"""Width pruning (docs/methods.md, docs/usage.md): whole KV groups with their query heads, and MLP intermediate channels.
+"""Width pruning (docs/methods.md): whole KV groups with their query heads, and MLP intermediate channels.
 
 Structures, per decoder layer (shapes may differ from layer to layer):
 
