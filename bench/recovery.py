@@ -1,13 +1,13 @@
 """Benchmark: LoRA recovery of the embedded SmolLM2 pruned at ratio 0.2, perplexity before and after.
 
 Prepares `embedded:smollm2`, removes 8 of its 30 layers (default: the layers depth PIP removed in the earlier
-default run, README "Measured"), evaluates held-out perplexity like the default workflow (embedded:heldout, 128- and
+default run), evaluates held-out perplexity like the default workflow (embedded:heldout, 128- and
 2048-token chunks, 4096 tokens), runs a short LoRA recovery on local plain text (embedded:calibration, disjoint from the
 evaluation text) and evaluates the recovered model. Writes bench/out/recovery.json.
 
     python bench/recovery.py [--workdir DIR] [--steps 20] [--batch-size 8] [--cutoff 64] [--lr 1e-3] [--warmup-steps 1]
 
-The defaults are the README's measured run: 20 steps of 8 windows × 64 tokens, a few CPU minutes on a quiet 2-core
+The defaults: 20 steps of 8 windows × 64 tokens, a few CPU minutes on a quiet 2-core
 machine. The pruned model's PPL is cached in --workdir (before.json), so a rerun with other recovery settings only
 trains and evaluates the recovered model.
 """

@@ -40,7 +40,7 @@ def embedded_paragraphs(part: str) -> list[str]:
 
 
 def wikitext_rows(raw: str) -> list[str]:
-    """Rows of a HF `wikitext` split saved as rows joined by "\\n" (see shared/data/SOURCES.md)."""
+    """Rows of a HF `wikitext` split saved as rows joined by "\\n" (docs/configuration.md)."""
     pieces, rows, i = raw.split("\n"), [], 0
     while i < len(pieces):
         if pieces[i] == "":

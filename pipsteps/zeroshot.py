@@ -3,7 +3,7 @@
 BoolQ, PIQA, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge and OpenBookQA, 0-shot, through the installed lm-eval
 (0.4.x) as a library. The model is loaded with pipsteps' own loader (pruned models included) and handed to lm-eval
 in memory (`HFLM(pretrained=<model>, tokenizer=<tokenizer>)`). A task mapped to a local file (`--files`, or
-`--data-dir` in the shared/data layout) is read offline by the loaders and task definitions in
+`--data-dir` in the layout of docs/evaluation.md) is read offline by the loaders and task definitions in
 `pipsteps.zeroshot_tasks`; any other task name is lm-eval's own task, whose dataset comes from the hub.
 
 Per task it records acc and acc_norm (where lm-eval reports it), their standard errors, the number of examples and
@@ -39,7 +39,7 @@ class ZeroShotConfig(ComputeConfig):
     tasks: tuple[str, ...] = field(default=TASKS, metadata={"help": "lm-eval task names"})
     limit: str = field(default="null", metadata={"help": "examples per task: JSON null (all), N, or {task: N}"})
     files: str = field(default="{}", metadata={"help": "JSON {task: local file}; read offline (pipsteps.zeroshot_tasks)"})
-    data_dir: str | None = field(default=None, metadata={"help": "directory in the shared/data layout for the "
+    data_dir: str | None = field(default=None, metadata={"help": "directory in the docs/evaluation.md layout for the "
                                                                  "tasks without a --files entry"})
     batch_size: int = field(default=8, metadata={"help": "lm-eval batch size (requests per forward)"})
 

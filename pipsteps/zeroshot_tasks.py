@@ -1,11 +1,11 @@
-"""The seven zero-shot tasks as lm-eval task configs that read local files (offline machines; see shared/data).
+"""The seven zero-shot tasks as lm-eval task configs that read local files (offline machines; docs/evaluation.md).
 
-Each loader turns one local format (SOURCES.md in shared/data) into the rows of the Hugging Face dataset that
+Each loader turns one local format (docs/evaluation.md) into the rows of the Hugging Face dataset that
 lm-eval's own task reads, and `task_config` wraps them in a task definition whose prompt, choices, target and
 metrics are the ones of lm-eval 0.4.x (`lm_eval/tasks/{piqa,hellaswag,winogrande,arc,openbookqa,super_glue/boolq}`).
 tests/test_zeroshot.py checks that both definitions build identical requests from the same rows.
 
-Local formats (`data_dir` = a directory laid out like shared/data):
+Local formats (`data_dir` = a directory in the layout of docs/evaluation.md):
 
 | task | file in data_dir | format |
 |---|---|---|
