@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from pipsteps import cli
-from pipsteps.io import PipError, Timer, atomic_path, count_params, resolve_dtype, write_json
+from pipsteps.io import PipError, Timer, atomic_outputs, atomic_path, count_params, resolve_dtype, write_json
 from pipsteps.surgery import MANIFEST, new_manifest
 
 log = logging.getLogger("pipsteps.prepare_model")
@@ -106,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--metrics", required=True, type=Path, help="output metrics JSON")
 
     cfg, ns = cli.parse(PrepareConfig, argv, __doc__.splitlines()[0], extra)
-    metrics = run(cfg, ns.out)
-    write_json(ns.metrics, {"config": asdict(cfg), **metrics})
+    with atomic_outputs(ns.out, ns.metrics) as (out, metrics_out):  # the model and its record, final together
+        metrics = run(cfg, out)
+        write_json(metrics_out, {"config": asdict(cfg), **metrics})
 
 
 if __name__ == "__main__":
