@@ -20,7 +20,7 @@ missing() {
 say() { echo "[install_slurm] $*" >&2; }
 
 if [[ -z "$(missing)" ]]; then
-  say "SLURM is installed: $(sinfo --version 2>/dev/null || echo unknown version)"
+  say "SLURM is installed: $(slurmctld -V)"
   exit 0
 fi
 [[ $EUID -eq 0 ]] || { say "missing: $(missing | xargs); run as root to install ${PACKAGES[*]}"; exit 1; }
@@ -34,4 +34,4 @@ if [[ -n "$(missing)" ]]; then
   say "still missing after apt-get install: $(missing | xargs)"
   exit 1
 fi
-say "installed: $(sinfo --version)"
+say "installed: $(slurmctld -V)"
