@@ -1,0 +1,297 @@
+"""Run the method-comparison protocol cell by cell as real workflow runs, writing one result JSON per cell.
+
+    python bench/compare.py bench/protocol.yaml [--workdir /tmp/pip-compare] [--cells 'width-r0.2-*']
+        [--max-cells N] [--cores 2] [--dry-run] [--results bench/results]
+
+First the dense model is prepared and evaluated once (PPL and zero-shot: they do not depend on calibration). Then
+every cell (block × seed × domain, bench/protocol.py) runs in three workflow calls in the work directory of its
+domain and seed: (1) every method's pruning and PPL, (2) zero-shot for the best PIP variant and the best baseline
+of the cell by the primary PPL, (3) for blocks with `recovery: true`, LoRA recovery of those two and their PPL.
+A finished cell's JSON (bench/results/<protocol name>/<cell>.json, with the spec hash of the cell) is never
+recomputed; a killed run continues where it stopped: finished cells are skipped, and inside a cell the workflow's
+cache keeps every finished job. Tables: bench/results_doc.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from protocol import REPO, Cell, Protocol, ProtocolError, load, split
+
+PACKAGES = ("torch", "transformers", "snakemake", "lm_eval", "peft", "datasets", "safetensors")
+
+
+def is_pip(method: str) -> bool:
+    return method.split("@")[0].split("-")[0] in ("pip", "pip_oneshot")  # pip-SCORE@VIEW is PIP too
+
+
+def wildcard(method: str, seed: int) -> str:
+    """The workflow's method wildcard: the random baseline carries the cell's seed (random_sN)."""
+    return f"random_s{seed}" if method == "random" else method
+
+
+def stage(cell: Cell, method: str) -> str:
+    """The workflow stage of a protocol method (its view, `@name`, only picks the work directory)."""
+    return f"{cell.unit}/{wildcard(split(method)[0], cell.seed)}/r{cell.ratio:g}"
+
+
+def set_key(cfg: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        cfg = cfg.setdefault(k, {})
+    cfg[leaf] = value
+
+
+def workflow_config(proto: Protocol, cell: Cell | None, model_source: str, view: str | None = None
+                    ) -> dict[str, Any]:
+    """The workflow config of one cell's view (or of the dense run, cell None): config.yaml plus the protocol's
+    keys, then the view's."""
+    raw = proto.raw
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["experiment"] = f"{proto.name}-{cell.workdir_of(view) if cell else 'dense'}"
+    cfg["model"]["source"] = model_source
+    domain = raw["domains"][cell.domain if cell else next(iter(raw["domains"]))]
+    cfg["calibration"] = {**{k: (proto.expand(v) if k == "source" else v) for k, v in domain.items()},
+                          **raw["calibration"], "seed": cell.seed if cell else 0}
+    ppl, zs = raw["eval"]["ppl"], raw["eval"].get("zero_shot") or {}
+    cfg["eval"] = {
+        "datasets": [{"name": n, **{k: (proto.expand(v) if k == "source" else v) for k, v in d.items()}}
+                     for n, d in ppl["datasets"].items()],
+        "seq_lens": [ppl["seq_len"]], "max_tokens": ppl["max_tokens"], "efficiency": {"enabled": False},
+        "tasks": {"enabled": bool(zs), "data_dir": str(proto.data_dir), "limit": zs.get("limit"),
+                  **({"names": zs["tasks"]} if zs.get("tasks") else {})}}
+    cfg["mlflow"] = {"enabled": False}
+    if cell:
+        names = [split(m)[0] for m in cell.groups()[view]]
+        cfg["prune"].update(seed=cell.seed, grid={"units": [cell.unit], "methods": names,
+                                                  "ratios": [cell.ratio], "seeds": [cell.seed]})
+        if cell.recovery:
+            rec = raw["recovery"]
+            cfg["recovery"] = {"enabled": True, **{k: (proto.expand(v) if k == "source" else v)
+                                                   for k, v in rec.items()}}
+    for key, value in {**(raw.get("settings") or {}), **((raw.get("views") or {}).get(view) or {})}.items():
+        set_key(cfg, key, value)
+    return cfg
+
+
+def snakemake_cmd(cores: int, targets: list[str], dry: bool = False) -> list[str]:
+    """Explicit flags, no workflow profile: the protocol runs the same wherever the profiles live."""
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
+            "--workflow-profile", "none", "--cores", str(cores), "--rerun-incomplete", *targets,
+            *(["-n", "--quiet", "rules"] if dry else [])]
+
+
+def run_workflow(workdir: Path, cfg: dict, targets: list[str], cores: int, tag: str, dry: bool = False) -> str:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = snakemake_cmd(cores, targets, dry)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    (workdir / f"snakemake_{tag}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        sys.exit(f"{workdir.name} {tag}: snakemake failed (exit {proc.returncode}); see "
+                 f"{workdir / f'snakemake_{tag}.log'}:\n{proc.stderr[-2000:]}")
+    return proc.stdout + proc.stderr
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def zero_shot(tasks: Path) -> dict | None:
+    """Average, average without BoolQ (its capped slice mostly measures a yes/no bias) and per-task headline
+    accuracies of one tasks.json, by the workflow's own averaging rule."""
+    if not tasks.exists():
+        return None
+    from pipsteps.zeroshot import average
+
+    data = read_json(tasks)
+    rest = {t: r for t, r in data["tasks"].items() if t != "boolq"}
+    return {"avg": data["average"]["value"], "avg_wo_boolq": average(rest)["value"],
+            "tasks": {t: r["headline"] for t, r in data["tasks"].items()}}
+
+
+def ppl(metrics: Path) -> dict[str, float]:
+    return {name: next(iter(by_len.values())) for name, by_len in read_json(metrics)["ppl"].items()}
+
+
+def variant_figures(wd: Path, cell: Cell, method: str) -> dict[str, Any]:
+    base = wd / "results" / stage(cell, method)
+    plan = read_json(base / "plan.json")
+    last = read_json(base / f"round_{plan['rounds']}" / "round.json")
+    rec = base / "recovered" / "eval" / "metrics.json"
+    return {"ppl": ppl(base / "eval" / "metrics.json"), "params": last["params_after"],
+            "achieved_ratio": last["achieved_ratio"], "score": last.get("score"), "rounds": plan["rounds"],
+            "removed_layers": last.get("removed_layers_so_far") if cell.unit == "depth" else None,
+            "zero_shot": zero_shot(base / "eval" / "tasks.json"),
+            "recovered_ppl": ppl(rec) if rec.exists() else None}
+
+
+def provenance() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
+            "packages": versions, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def write_result(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def run_dense(proto: Protocol, root: Path, out: Path, cores: int) -> str:
+    """Prepare and evaluate the dense model once; returns the prepared model directory every cell starts from."""
+    wd = root / "dense"
+    model_dir = str((wd / "results/base/model").resolve())
+    done = out / "dense.json"
+    if done.exists() and (wd / "results/base/model").is_dir():
+        return model_dir
+    cfg = workflow_config(proto, None, proto.raw["model"])
+    t = time.perf_counter()
+    targets = ["results/base/eval/metrics.json"]
+    if cfg["eval"]["tasks"]["enabled"]:
+        targets.append("results/base/eval/tasks.json")
+    run_workflow(wd, cfg, targets, cores, "dense")
+    wall = round(time.perf_counter() - t, 1)
+    if not done.exists():  # the figures were written before; only the model directory was missing (new workdir)
+        write_result(done, {"protocol": proto.name, "config": cfg, **provenance(), "wall_s": wall,
+                            "ppl": ppl(wd / "results/base/eval/metrics.json"),
+                            "zero_shot": zero_shot(wd / "results/base/eval/tasks.json")})
+    print(f"dense model: prepared and evaluated in {wall} s", flush=True)
+    return model_dir
+
+
+def best(figs: dict[str, dict], primary: str, pip: bool) -> str | None:
+    names = [m for m in figs if is_pip(m) == pip]
+    return min(names, key=lambda m: figs[m]["ppl"][primary]) if names else None
+
+
+def run_cell(proto: Protocol, cell: Cell, root: Path, model_dir: str, cores: int) -> dict[str, Any]:
+    primary = proto.raw["eval"]["primary"]
+    groups = cell.groups()
+    cfgs = {v: workflow_config(proto, cell, model_dir, v) for v in groups}
+    home = {m: (v, root / cell.workdir_of(v)) for v, ms in groups.items() for m in ms}
+
+    def phase(name: str, methods: list[str], target: str) -> None:
+        t = time.perf_counter()
+        for v in dict.fromkeys(home[m][0] for m in methods):
+            tag = cell.name + (f"-{v}" if v else "") + ("" if name == "prune_ppl" else f"-{name}")
+            run_workflow(root / cell.workdir_of(v), cfgs[v],
+                         [f"results/{stage(cell, m)}/{target}" for m in methods if home[m][0] == v], cores, tag)
+        walls[name] = round(time.perf_counter() - t, 1)
+
+    walls: dict[str, float] = {}
+    phase("prune_ppl", list(cell.methods), "eval/metrics.json")
+    figs = {m: variant_figures(home[m][1], cell, m) for m in cell.methods}
+    chosen = [m for m in (best(figs, primary, True), best(figs, primary, False)) if m]
+    if proto.raw["eval"].get("zero_shot"):
+        phase("zero_shot", chosen, "eval/tasks.json")
+    if cell.recovery:
+        phase("recovery", chosen, "recovered/eval/metrics.json")
+    calib = {v or "default": read_json(root / cell.workdir_of(v) / "results/calibration/calibration.json")
+             for v in groups}
+    return {"protocol": proto.name, "cell": {"unit": cell.unit, "ratio": cell.ratio, "domain": cell.domain,
+                                             "seed": cell.seed},
+            "spec_hash": proto.spec_hash(cell), "config": cfgs[next(iter(groups))], **provenance(),
+            "view_configs": {v: cfgs[v] for v in groups if v},
+            "calibration": {v: {k: c.get(k) for k in ("calibration_hash", "edit_rate", "target_rate")}
+                            for v, c in calib.items()},
+            "wall_s": walls, "best_pip": chosen[0] if chosen and is_pip(chosen[0]) else None,
+            "best_baseline": next((m for m in chosen if not is_pip(m)), None),
+            "variants": {m: variant_figures(home[m][1], cell, m) for m in cell.methods}}
+
+
+def status(out: Path, proto: Protocol, cell: Cell) -> str:
+    path = out / f"{cell.name}.json"
+    if not path.exists():
+        return "todo"
+    return "done" if read_json(path).get("spec_hash") == proto.spec_hash(cell) else "stale"
+
+
+def dry_run(proto: Protocol, cells: list[Cell], root: Path, out: Path, cores: int) -> None:
+    """List every cell, its status and the workflow runs it would make, with Snakemake's own dry-run job counts."""
+    dense = root / "dense" / "results/base/model"
+    source = str(dense.resolve()) if dense.is_dir() else proto.raw["model"]
+    print(f"dense run: {root / 'dense'} (model {proto.raw['model']})")
+    for i, cell in enumerate(cells, 1):
+        st = status(out, proto, cell)
+        print(f"[{i}/{len(cells)}] {cell.name}: {st}; workdir {root / cell.workdir}")
+        if st == "done":
+            continue
+        for view, ms in cell.groups().items():
+            targets = [f"results/{stage(cell, m)}/eval/metrics.json" for m in ms]
+            print(f"  run in {cell.workdir_of(view)}: {shlex.join(snakemake_cmd(cores, targets))}")
+            jobs = run_workflow(root / cell.workdir_of(view), workflow_config(proto, cell, source, view), targets,
+                                cores, f"{cell.name}-dry", dry=True)
+            print("  " + "\n  ".join(line for line in jobs.splitlines() if line.strip()))
+        print(f"  then: zero-shot of the best PIP variant and the best baseline"
+              f"{' and their LoRA recovery' if cell.recovery else ''}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("protocol", type=Path)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/pip-compare"),
+                   help="work directories (one per domain and seed, kept: the workflow's cache)")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results",
+                   help="committed result JSONs go to RESULTS/<protocol name>/")
+    p.add_argument("--cells", nargs="*", default=["*"], help="only cells whose name matches a pattern")
+    p.add_argument("--max-cells", type=int, default=0, help="stop after running N cells (0: all)")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--dry-run", action="store_true", help="list cells and their workflow jobs; run nothing")
+    ns = p.parse_args()
+    try:
+        proto = load(ns.protocol)
+    except ProtocolError as e:
+        sys.exit(f"protocol error: {e}")
+    root = ns.workdir.resolve() / proto.name
+    out = ns.results.resolve() / proto.name
+    cells = [c for c in proto.cells() if any(fnmatch.fnmatch(c.name, pat) for pat in ns.cells)]
+    if ns.dry_run:
+        return dry_run(proto, cells, root, out, ns.cores)
+    todo = [c for c in cells if status(out, proto, c) != "done"]
+    print(f"protocol {proto.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", flush=True)
+    if not todo:
+        return
+    model_dir = run_dense(proto, root, out, ns.cores)
+    times: list[float] = []
+    for i, cell in enumerate(todo, 1):
+        if ns.max_cells and len(times) >= ns.max_cells:
+            break
+        t = time.perf_counter()
+        print(f"[{i}/{len(todo)}] {cell.name} ...", flush=True)
+        result = run_cell(proto, cell, root, model_dir, ns.cores)
+        write_result(out / f"{cell.name}.json", result)
+        times.append(time.perf_counter() - t)
+        left = len(todo) - i
+        mean = sum(times) / len(times)
+        print(f"[{i}/{len(todo)}] {cell.name}: {times[-1]:.0f} s (best PIP {result['best_pip']}, best baseline "
+              f"{result['best_baseline']}); {left} left, ~{left * mean / 60:.0f} min at {mean:.0f} s/cell",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

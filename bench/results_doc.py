@@ -1,0 +1,237 @@
+"""Write docs/results.md from the committed result JSONs of a protocol run (bench/compare.py): never typed by hand.
+
+    python bench/results_doc.py [--protocol bench/protocol.yaml] [--results bench/results] [--out docs/results.md]
+        [--check]
+
+Per block (unit and ratio): every method's PPL@128 per calibration domain (mean ± sample std over the seeds, and
+the per-seed values), the paired comparison of every PIP method with the best non-PIP method of each domain (the
+one with the lowest mean primary PPL there), zero-shot and recovery of the cells' chosen variants, and the wall time
+of every cell. Missing cells are listed, never silently dropped. The claim rule: A beats B only where A wins at
+least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains × seeds⌉) and every cell is present. `--check`
+exits 1 when the file on disk differs from what the JSONs give (the regeneration test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from protocol import REPO
+
+Result = dict[str, Any]
+
+
+def base_method(method: str) -> str:
+    return "random" if method.startswith("random_s") else method
+
+
+def is_pip(method: str) -> bool:
+    return method.split("@")[0].split("-")[0] in ("pip", "pip_oneshot")  # pip-SCORE@VIEW is PIP too
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def mean_std(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt(values[0], digits)
+    return f"{fmt(statistics.fmean(values), digits)} ± {fmt(statistics.stdev(values), digits)}"
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f}"
+
+
+def verdict(wins: int, losses: int, n: int, expected: int, a: str, b: str) -> str:
+    """The stated claim rule, applied to k wins and l losses out of n paired cells (expected: domains × seeds)."""
+    need = math.ceil(expected * 5 / 6)
+    if n < expected:
+        return f"incomplete ({n} of {expected} paired cells)"
+    if wins >= need:
+        return f"`{a}` beats `{b}`"
+    if losses >= need:
+        return f"`{b}` beats `{a}`"
+    return "no clear difference"
+
+
+def paired(cells: list[Result], pip: str, best: dict[str, str], primary: str) -> tuple[int, int, int, float | None]:
+    """(wins, losses, n, mean relative difference pip/base − 1) over the cells holding both the PIP method and its
+    domain's best non-PIP method."""
+    rel, wins, losses = [], 0, 0
+    for c in cells:
+        v = c["variants"]
+        other = best.get(c["cell"]["domain"])
+        if pip not in v or other not in v:
+            continue
+        a, b = v[pip]["ppl"][primary], v[other]["ppl"][primary]
+        wins, losses = wins + (a < b), losses + (a > b)
+        rel.append(a / b - 1)
+    return wins, losses, len(rel), (statistics.fmean(rel) if rel else None)
+
+
+def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
+    unit, ratio = block["unit"], float(block["ratio"])
+    primary = proto["eval"]["primary"]
+    domains, seeds = list(proto["domains"]), proto["seeds"]
+    have = {(c["cell"]["domain"], c["cell"]["seed"]): c for c in cells}
+    missing = [n for n in expected_names if n not in {cell_name(c) for c in cells}]
+    lines = [f"## {unit}, {ratio:g} of the parameters", "",
+             f"Cells: {len(cells)} of {len(expected_names)}" + (f"; missing: {', '.join(missing)}" if missing else ""),
+             ""]
+    if not cells:
+        return lines
+    methods = list(dict.fromkeys(base_method(m) for c in cells for m in c["variants"]))
+    for ds in proto["eval"]["ppl"]["datasets"]:
+        lines += [f"PPL@{proto['eval']['ppl']['seq_len']} on `{ds}`" + (" (primary)" if ds == primary else "")
+                  + ": mean ± std over the seeds (per seed " + " / ".join(f"s{s}" for s in seeds) + ")", "",
+                  "| method | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+        for m in methods:
+            row = []
+            for d in domains:
+                vals = [have[(d, s)]["variants"][m]["ppl"][ds] if (d, s) in have and m in have[(d, s)]["variants"]
+                        else None for s in seeds]
+                got = [v for v in vals if v is not None]
+                row.append(f"{mean_std(got)} ({' / '.join(fmt(v) for v in vals)})" if got else "–")
+            lines.append(f"| `{m}` | " + " | ".join(row) + " |")
+        lines.append("")
+    best = {}
+    for d in domains:
+        means = {m: statistics.fmean(vals) for m in methods if not is_pip(m)
+                 for vals in [[have[(d, s)]["variants"][m]["ppl"][primary] for s in seeds
+                               if (d, s) in have and m in have[(d, s)]["variants"]]] if vals}
+        if means:
+            best[d] = min(means, key=means.get)
+    expected = len(domains) * len(seeds)
+    lines += [f"Paired comparison on `{primary}` with the best non-PIP method of each domain ("
+              + ", ".join(f"{d}: `{b}`" for d, b in best.items()) + "). A relative difference below 0 means the PIP "
+              "method has the lower perplexity.", "",
+              "| PIP method | wins | mean relative difference % | verdict |", "|---|---|---|---|"]
+    for m in methods:
+        if is_pip(m):
+            w, lo, n, rel = paired(cells, m, best, primary)
+            lines.append(f"| `{m}` | {w} of {n} | {pct(rel)} | {verdict(w, lo, n, expected, m, 'best non-PIP')} |")
+    lines.append("")
+    lines += zero_shot_table(cells, seeds, domains)
+    if any(c.get("wall_s", {}).get("recovery") is not None for c in cells):
+        lines += recovery_table(cells, primary, seeds, domains)
+    return lines
+
+
+def cell_name(c: Result) -> str:
+    k = c["cell"]
+    return f"{k['unit']}-r{float(k['ratio']):g}-{k['domain']}-s{k['seed']}"
+
+
+def ordered(cells: list[Result], seeds: list[int], domains: list[str]) -> list[Result]:
+    return sorted(cells, key=lambda c: (domains.index(c["cell"]["domain"]), seeds.index(c["cell"]["seed"])))
+
+
+def zero_shot_table(cells: list[Result], seeds: list[int], domains: list[str]) -> list[str]:
+    rows = []
+    for c in ordered(cells, seeds, domains):
+        parts = []
+        for key in ("best_pip", "best_baseline"):
+            m = c.get(key)
+            zs = c["variants"][m]["zero_shot"] if m else None
+            parts.append(f"`{m}` {pct(zs['avg'])} / {pct(zs['avg_wo_boolq'])}" if zs else (f"`{m}` –" if m else "–"))
+        rows.append(f"| {c['cell']['domain']} s{c['cell']['seed']} | " + " | ".join(parts) + " |")
+    return ["Zero-shot average % / without BoolQ % of each cell's best PIP variant and best baseline (by the primary "
+            "PPL):", "", "| cell | best PIP | best baseline |", "|---|---|---|", *rows, ""]
+
+
+def recovery_table(cells: list[Result], primary: str, seeds: list[int], domains: list[str]) -> list[str]:
+    rows, survive, n = [], 0, 0
+    for c in ordered(cells, seeds, domains):
+        p, b = c.get("best_pip"), c.get("best_baseline")
+        vp, vb = c["variants"].get(p) or {}, c["variants"].get(b) or {}
+        rp, rb = (vp.get("recovered_ppl") or {}).get(primary), (vb.get("recovered_ppl") or {}).get(primary)
+        if rp is not None and rb is not None:
+            n, survive = n + 1, survive + ((vp["ppl"][primary] < vb["ppl"][primary]) == (rp < rb))
+        rows.append(f"| {c['cell']['domain']} s{c['cell']['seed']} | `{p}` {fmt(vp.get('ppl', {}).get(primary))} → "
+                    f"{fmt(rp)} | `{b}` {fmt(vb.get('ppl', {}).get(primary))} → {fmt(rb)} |")
+    return [f"LoRA recovery with the same budget, `{primary}` PPL before → after. The order of the two is the same "
+            f"after recovery in {survive} of {n} cells.", "", "| cell | best PIP | best baseline |", "|---|---|---|",
+            *rows, ""]
+
+
+def render(proto: dict, results: list[Result], dense: Result | None) -> str:
+    seeds, domains = proto["seeds"], list(proto["domains"])
+    ppl = proto["eval"]["ppl"]
+    zs = proto["eval"].get("zero_shot") or {}
+    out = ["# Method comparison", "",
+           f"Generated by `python bench/results_doc.py` from `bench/results/{proto['name']}/` (protocol "
+           f"`bench/protocol.yaml`, run by `python bench/compare.py bench/protocol.yaml`); do not edit by hand.", "",
+           f"Model `{proto['model']}`. Calibration {proto['calibration']['n_samples']} × "
+           f"{proto['calibration']['seq_len']} tokens from each domain (" + ", ".join(
+               f"{d}: `{v['source']}`" for d, v in proto["domains"].items()) + f"), seeds {seeds}. PPL@{ppl['seq_len']}"
+           f" on the first {ppl['max_tokens']} tokens of " + ", ".join(f"`{d}`" for d in ppl["datasets"]) +
+           (f"; zero-shot: {len(zs.get('tasks', []))} tasks, first {zs.get('limit')} examples each." if zs else "."),
+           "",
+           "Claim rule: a method beats another only where it wins at least 5 of the 6 paired cells (2 calibration "
+           "domains × 3 seeds, same calibration text and seed for both); otherwise there is no clear difference.", ""]
+    if dense:
+        z = dense.get("zero_shot")
+        out += ["## Dense model", "", "| " + " | ".join(f"PPL `{d}`" for d in dense["ppl"]) +
+                " | zero-shot avg % | without BoolQ % |", "|---" * (len(dense["ppl"]) + 2) + "|",
+                "| " + " | ".join(fmt(v) for v in dense["ppl"].values()) +
+                f" | {pct(z['avg']) if z else '–'} | {pct(z['avg_wo_boolq']) if z else '–'} |", ""]
+    else:
+        out += ["## Dense model", "", "missing (the dense run has not finished)", ""]
+    for b in proto["blocks"]:
+        key = (b["unit"], float(b["ratio"]))
+        cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == key]
+        names = [f"{b['unit']}-r{float(b['ratio']):g}-{d}-s{s}" for s in seeds for d in domains]
+        out += block_section(b, cells, proto, names)
+    out += ["## Wall time per cell (seconds)", "", "| cell | pruning + PPL | zero-shot | recovery | total |",
+            "|---|---|---|---|---|"]
+    for r in results:
+        w = r.get("wall_s", {})
+        out.append(f"| {cell_name(r)} | " + " | ".join(fmt(w.get(k), 0) for k in ("prune_ppl", "zero_shot", "recovery"))
+                   + f" | {fmt(sum(w.values()), 0)} |")
+    return "\n".join(out) + "\n"
+
+
+def load(results_dir: Path) -> tuple[list[Result], Result | None]:
+    """Cell results (stored method names normalised: random_sN → random) and the dense result, if any."""
+    results = []
+    for p in sorted(results_dir.glob("*.json")):
+        data = json.loads(p.read_text())
+        if p.stem == "dense":
+            continue
+        data["variants"] = {base_method(m): v for m, v in data["variants"].items()}
+        results.append(data)
+    dense = results_dir / "dense.json"
+    return results, (json.loads(dense.read_text()) if dense.exists() else None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--protocol", type=Path, default=REPO / "bench" / "protocol.yaml")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
+    p.add_argument("--check", action="store_true", help="exit 1 if --out differs from the regenerated text")
+    ns = p.parse_args()
+    proto = yaml.safe_load(ns.protocol.read_text())
+    results, dense = load(ns.results / proto["name"])
+    text = render(proto, results, dense)
+    if ns.check:
+        if not ns.out.exists() or ns.out.read_text() != text:
+            sys.exit(f"{ns.out} is not what {ns.results / proto['name']} gives: run python bench/results_doc.py")
+        return
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(text)
+    print(f"wrote {ns.out} ({len(results)} cells)")
+
+
+if __name__ == "__main__":
+    main()

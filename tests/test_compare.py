@@ -1,0 +1,176 @@
+"""The comparison protocol: loader errors, the table generator on hand-made results, the regeneration check of
+docs/results.md, a dry run and a real resumable run of a two-cell protocol on the tiny model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import protocol  # noqa: E402
+import results_doc  # noqa: E402
+
+TINY = {
+    "name": "tiny-two-cells",
+    "model": "tiny:llama",
+    "domains": {"embedded": {"source": "embedded:calibration"}},
+    "seeds": [0],
+    "calibration": {"n_samples": 4, "seq_len": 32},
+    "blocks": [{"unit": "width", "ratio": 0.2, "methods": ["pip", "random"], "recovery": True},
+               {"unit": "depth", "ratio": 0.2, "methods": ["pip_oneshot-fisher_diff", "taylor"]}],
+    "eval": {"primary": "heldout", "ppl": {"seq_len": 32, "max_tokens": 256,
+                                           "datasets": {"heldout": {"source": "embedded:heldout"}}}},
+    "recovery": {"source": "embedded:heldout", "format": "text", "cutoff": 32, "batch_size": 2, "micro_batch": 2,
+                 "max_steps": 2, "val_size": 4, "eval_steps": 1, "save_steps": 1},
+    "settings": {"prune.width_rounds": 2},
+}
+
+
+def write(tmp_path: Path, raw: dict, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda r: r["blocks"][0].update(methods=["pip", "wanda"]), ["wanda (width)"]),
+    (lambda r: r["blocks"][0].update(methods=["sleb"]), ["sleb (width)"]),  # depth-only method at width
+    (lambda r: r["blocks"][0].update(unit="heads"), ["unknown unit", "heads"]),
+    (lambda r: r["domains"].update(c4={"source": "embedded:c4"}), ["unknown domain", "c4 (embedded:c4)"]),
+    (lambda r: r["domains"].update(x={"source": "/nonexistent/x.txt"}), ["unknown domain", "x (/nonexistent"]),
+    (lambda r: r.update(typo=1), ["unknown key", "typo"]),
+    (lambda r: r["blocks"][0].update(methods=["pip@llm"]), ["unknown view 'llm'", "pip@llm"]),
+    (lambda r: r["eval"].update(primary="wikitext2"), ["eval.primary", "wikitext2"]),
+])
+def test_loader_refuses_with_one_line(tmp_path, edit, words):
+    raw = copy.deepcopy(TINY)
+    edit(raw)
+    with pytest.raises(protocol.ProtocolError) as e:
+        protocol.load(write(tmp_path, raw))
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_cells_and_spec_hash():
+    proto = protocol.Protocol(Path("p.yaml"), {**TINY, "seeds": [0, 1],
+                                               "domains": {"a": {"source": "x"}, "b": {"source": "y"}}})
+    names = [c.name for c in proto.cells()]
+    assert names[:4] == ["width-r0.2-a-s0", "width-r0.2-b-s0", "width-r0.2-a-s1", "width-r0.2-b-s1"]
+    assert len(names) == 8 and proto.cells()[1].workdir == "b-s0"
+    first = proto.cells()[0]
+    changed = protocol.Protocol(Path("p.yaml"), {**proto.raw, "calibration": {"n_samples": 8, "seq_len": 32}})
+    assert proto.spec_hash(first) != changed.spec_hash(first)  # a finished cell of another spec is stale
+
+
+def fake_cell(domain: str, seed: int, ppl: dict[str, float], unit: str = "width") -> dict:
+    variants = {m: {"ppl": {"wt": v, "ho": 2 * v}, "zero_shot": None, "recovered_ppl": None}
+                for m, v in ppl.items()}
+    best_pip = min((m for m in ppl if m.startswith("pip")), key=ppl.get)
+    best_base = min((m for m in ppl if not m.startswith("pip")), key=ppl.get)
+    variants[best_pip]["zero_shot"] = {"avg": 0.4, "avg_wo_boolq": 0.35, "tasks": {}}
+    return {"cell": {"unit": unit, "ratio": 0.2, "domain": domain, "seed": seed}, "variants": variants,
+            "best_pip": best_pip, "best_baseline": best_base, "wall_s": {"prune_ppl": 100.0, "zero_shot": 20.0}}
+
+
+FAKE_PROTO = {"name": "fake", "model": "m", "domains": {"a": {"source": "x"}, "b": {"source": "y"}},
+              "seeds": [0, 1, 2], "calibration": {"n_samples": 10, "seq_len": 128},
+              "blocks": [{"unit": "width", "ratio": 0.2, "methods": ["pip", "taylor", "taylor_sq"]}],
+              "eval": {"primary": "wt", "ppl": {"seq_len": 128, "max_tokens": 100,
+                                                "datasets": {"wt": {"source": "w"}, "ho": {"source": "h"}}}}}
+
+
+def test_tables_means_paired_wins_and_rule():
+    # domain a: taylor is the best baseline (mean 100 vs 110); domain b: taylor_sq (mean 50 vs 60)
+    cells = [fake_cell("a", 0, {"pip": 90, "taylor": 100, "taylor_sq": 110}),
+             fake_cell("a", 1, {"pip": 95, "taylor": 98, "taylor_sq": 108}),
+             fake_cell("a", 2, {"pip": 99, "taylor": 102, "taylor_sq": 112}),
+             fake_cell("b", 0, {"pip": 45, "taylor": 60, "taylor_sq": 50}),
+             fake_cell("b", 1, {"pip": 48, "taylor": 61, "taylor_sq": 49}),
+             fake_cell("b", 2, {"pip": 55, "taylor": 59, "taylor_sq": 51})]
+    text = results_doc.render(FAKE_PROTO, cells, None)
+    # taylor on domain a: mean 100, sample std 2; per seed 100 / 98 / 102
+    assert "| `taylor` | 100.0 ± 2.0 (100.0 / 98.0 / 102.0) |" in text
+    assert "a: `taylor`, b: `taylor_sq`" in text
+    rel = (90 / 100 + 95 / 98 + 99 / 102 + 45 / 50 + 48 / 49 + 55 / 51) / 6 - 1
+    assert f"| `pip` | 5 of 6 | {rel * 100:.1f} | `pip` beats `best non-PIP` |" in text
+    assert "Cells: 6 of 6\n" in text and "missing (the dense run" in text
+    cells[2]["variants"]["pip"]["ppl"]["wt"] = 150  # a second loss: 4 of 6 is no clear difference
+    assert "| `pip` | 4 of 6 |" in results_doc.render(FAKE_PROTO, cells, None)
+    assert "no clear difference" in results_doc.render(FAKE_PROTO, cells, None)
+
+
+def test_tables_report_missing_cells():
+    cells = [fake_cell("a", 0, {"pip": 90, "taylor": 100}), fake_cell("b", 0, {"pip": 40, "taylor": 50})]
+    text = results_doc.render(FAKE_PROTO, cells, None)
+    assert "Cells: 2 of 6; missing: width-r0.2-a-s1, width-r0.2-b-s1, width-r0.2-a-s2, width-r0.2-b-s2" in text
+    assert "| `pip` | 2 of 2 |" in text and "incomplete (2 of 6 paired cells)" in text
+    assert "(90.0 / – / –)" in text  # the missing seeds are shown as such, not dropped
+
+
+def test_committed_results_doc_is_regenerated_bit_for_bit(tmp_path):
+    cmd = [sys.executable, str(REPO / "bench" / "results_doc.py"), "--check"]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    doc = tmp_path / "results.md"
+    doc.write_text((REPO / "docs" / "results.md").read_text() + "| a figure typed by hand | 1.0 |\n")
+    bad = subprocess.run([*cmd, "--out", str(doc)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "run python bench/results_doc.py" in bad.stderr
+
+
+def compare(tmp_path: Path, proto: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "bench" / "compare.py"), str(proto), "--workdir", str(tmp_path / "work"),
+           "--results", str(tmp_path / "results"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_dry_run_lists_the_workflow_runs(tmp_path):
+    raw = copy.deepcopy(TINY)  # a named perturbed view runs in its own work directory (its own calibration)
+    raw["views"] = {"noise": {"perturbation.generator": "token_noise"}}
+    raw["blocks"][0]["methods"].append("pip@noise")
+    out = compare(tmp_path, write(tmp_path, raw), "--dry-run").stdout
+    assert "[1/2] width-r0.2-embedded-s0: todo" in out and "[2/2] depth-r0.2-embedded-s0: todo" in out
+    assert "run in embedded-s0: " in out and "run in embedded-s0-noise: " in out
+    assert "results/width/pip/r0.2/eval/metrics.json results/width/random_s0/r0.2/eval/metrics.json\n" in out
+    noise = yaml.safe_load((tmp_path / "work/tiny-two-cells/embedded-s0-noise/config.yaml").read_text())
+    assert noise["perturbation"]["generator"] == "token_noise" and noise["prune"]["grid"]["methods"] == ["pip"]
+    assert "results/depth/pip_oneshot-fisher_diff/r0.2/eval/metrics.json results/depth/taylor/r0.2" in out
+    assert out.count("LoRA recovery") == 1  # only the width block asks for it
+    # Snakemake's own job list of each cell: one model, one plan and one PPL job per method
+    for rule, n in (("prepare_model", 1), ("plan_rounds", 2), ("evaluate_ppl", 2), ("plan_rounds", 1)):
+        assert any(line.split() == [rule, str(n)] for line in out.splitlines()), (rule, out)
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_real_run_writes_cells_and_resumes(tmp_path):
+    """One real cell (the width block, with recovery), run twice: the second run recomputes nothing."""
+    path = write(tmp_path, {**TINY, "blocks": TINY["blocks"][:1]})
+    first = compare(tmp_path, path).stdout
+    assert "1 cells, 0 done, 1 to run" in first and "[1/1] width-r0.2-embedded-s0:" in first
+    res = tmp_path / "results" / "tiny-two-cells"
+    width = json.loads((res / "width-r0.2-embedded-s0.json").read_text())
+    assert set(width["variants"]) == {"pip", "random"} and width["best_pip"] == "pip"
+    assert width["best_baseline"] == "random" and width["spec_hash"]
+    for m in ("pip", "random"):  # both chosen variants were recovered with the same budget
+        v = width["variants"][m]
+        assert v["ppl"]["heldout"] > 1 and v["recovered_ppl"]["heldout"] > 1 and 0.15 < v["achieved_ratio"] < 0.25
+    assert width["config"]["calibration"]["seed"] == 0 and width["packages"]["torch"] and width["git_commit"]
+    assert json.loads((res / "dense.json").read_text())["ppl"]["heldout"] > 1
+    stamp = (res / "width-r0.2-embedded-s0.json").stat().st_mtime_ns
+    again = compare(tmp_path, path).stdout  # finished cells are never recomputed
+    assert "1 done, 0 to run" in again and (res / "width-r0.2-embedded-s0.json").stat().st_mtime_ns == stamp
+    doc = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(REPO / "bench" / "results_doc.py"), "--protocol", str(path),
+                    "--results", str(tmp_path / "results"), "--out", str(doc)], check=True)
+    text = doc.read_text()
+    assert "Cells: 1 of 1\n" in text and "## width, 0.2 of the parameters" in text
+    assert f"{width['variants']['pip']['ppl']['heldout']:.1f}" in text
