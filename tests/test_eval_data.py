@@ -37,11 +37,12 @@ def test_fixture_files_give_the_hf_rows():
     line) and the PTB one (a stripped row per line), on the hand-written files."""
     wiki = read_rows(FIXTURE_SPECS[0]["source"], fmt="wikitext")
     assert len(wiki) == 31 and sum(1 for r in wiki if r) == 17
-    assert wiki[:4] == ["", " = Glenmoor Lighthouse = \n", "", wiki[3]] and wiki[3].startswith(" Glenmoor Lighthouse is")
+    assert wiki[:3] == ["", " = Glenmoor Lighthouse = \n", ""] and wiki[3].startswith(" Glenmoor Lighthouse is")
     assert all(r.endswith(" \n") for r in wiki if r)
     assert "\n".join(wiki) == open(FIXTURE_SPECS[0]["source"], encoding="utf-8").read()
     ptb = read_rows(FIXTURE_SPECS[1]["source"])
-    assert len(ptb) == 40 and ptb[0] == "the company said it expects sales of its new <unk> to rise N N in the coming year"
+    assert len(ptb) == 40
+    assert ptb[0] == "the company said it expects sales of its new <unk> to rise N N in the coming year"
     assert all(r == r.strip() and r for r in ptb)
 
 
