@@ -39,7 +39,7 @@ def setup(tiny_dir, tmp_path_factory) -> dict:
     code.mkdir()
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, code / name)
-    for name in ("workflow", "envs"):
+    for name in ("workflow", "envs", "profiles"):
         shutil.copytree(REPO / name, code / name)
     (code / "pipsteps").mkdir()
     for f in (REPO / "pipsteps").glob("*.py"):
@@ -70,7 +70,7 @@ def run_snakemake(setup: dict, workdir: Path, cfg: dict, *args: str, check: bool
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(setup["code"] / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"),
-           "--workflow-profile", str(setup["code"] / "workflow" / "profiles" / "default"), "--cores", "2", *args]
+           "--workflow-profile", str(setup["code"] / "profiles" / "default"), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
