@@ -29,7 +29,7 @@ from pipsteps.guided import AuxScorer, Scored, choose_edits
 from pipsteps.io import PipError, atomic_path, load_model, load_tokenizer, resolve_device, resolve_dtype
 from pipsteps.io import set_threads
 from pipsteps.llm_edit import DEFAULT_PROMPT, rewrite, validate
-from pipsteps.perturb import apply_edits, eligible_words
+from pipsteps.perturb import Edit, apply_edits, eligible_words
 
 log = logging.getLogger("pipsteps.aux_edits")
 
@@ -67,6 +67,15 @@ def _entry(chosen: list[Scored], eligible: int, extra: dict[str, Any]) -> dict[s
                                        for s in chosen], **extra}}
 
 
+def llm_edits(cfg: AuxConfig, model: Any, tok: Any, device: torch.device, head: str,
+              lexicon: frozenset[str]) -> tuple[list[Edit], dict[str, Any]]:
+    """The instruction model's valid edits of a window (text `head`) and what texts.jsonl keeps of its answer."""
+    target = round(cfg.rate * len(eligible_words(head, cfg.min_len)))
+    answer = rewrite(model, tok, device, cfg.prompt, head, max(target, 1))
+    ok, bad = validate(head, answer, lexicon, cfg.min_len)
+    return ok, {"llm_input_chars": len(head), "llm_output": answer, "llm_rejected": [list(b) for b in bad]}
+
+
 def run(cfg: AuxConfig, tokenizer_dir: Path, aux_dir: Path, out: Path) -> dict[str, Any]:
     check_config(cfg)
     if cfg.generator not in AUX_GENERATORS:
@@ -89,17 +98,11 @@ def run(cfg: AuxConfig, tokenizer_dir: Path, aux_dir: Path, out: Path) -> dict[s
     for k, text, c_ids, cut in candidate_windows(cfg, tok, corpus):
         if len(windows) == cfg.n_samples:
             break
-        head, rng, extra = text[:cut], random.Random(f"{cfg.seed}:{k}"), {}
-        forced = []
+        head, rng, forced, extra = text[:cut], random.Random(f"{cfg.seed}:{k}"), [], {}
         if cfg.generator == "llm":
             t1 = time.perf_counter()
-            target = round(cfg.rate * len(eligible_words(head, cfg.min_len)))
-            out_text = rewrite(model, aux_tok, device, cfg.prompt, head, max(target, 1))
+            forced, extra = llm_edits(cfg, model, aux_tok, device, head, lexicon)
             gen_s += time.perf_counter() - t1
-            ok, bad = validate(head, out_text, lexicon, cfg.min_len)
-            reasons.update(why for _, _, why in bad)
-            forced = ok
-            extra = {"llm_output": out_text, "llm_rejected": [list(b) for b in bad]}
         chosen, elig = choose_edits(head, lexicon, cfg.rate, rng, scorer, min_len=cfg.min_len,
                                     max_candidates=cfg.max_candidates, max_drop=cfg.max_drop, forced=forced)
         p_ids = tok(apply_edits(text, [s.edit for s in chosen]))["input_ids"][: cfg.seq_len]
@@ -108,7 +111,8 @@ def run(cfg: AuxConfig, tokenizer_dir: Path, aux_dir: Path, out: Path) -> dict[s
         if cfg.generator == "llm":
             kept = sum(s.by == "llm" for s in chosen)
             llm.update(proposed=len(forced) + len(extra["llm_rejected"]), accepted=len(forced), kept=kept,
-                       fallback=len(chosen) - kept)
+                       fallback=len(chosen) - kept, windows_without=int(kept == 0))
+            reasons.update(why for _, _, why in extra["llm_rejected"])
         windows[str(k)] = _entry(chosen, elig, extra)
         all_scores += chosen
         n_elig += elig
@@ -126,7 +130,8 @@ def run(cfg: AuxConfig, tokenizer_dir: Path, aux_dir: Path, out: Path) -> dict[s
     if cfg.generator == "llm":
         metrics |= {"llm_proposed": llm["proposed"], "llm_accepted": llm["accepted"],
                     "acceptance_rate": llm["accepted"] / max(llm["proposed"], 1), "llm_kept": llm["kept"],
-                    "fallback_edits": llm["fallback"], "rejected_by_reason": dict(reasons.most_common()),
+                    "fallback_edits": llm["fallback"], "windows_without_llm_edit": llm["windows_without"],
+                    "rejected_by_reason": dict(reasons.most_common()),
                     "generation_s": round(gen_s, 3)}
     metrics["wall_s"] = round(time.perf_counter() - start, 3)
     with atomic_path(out) as tmp:

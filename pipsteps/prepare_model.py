@@ -72,7 +72,7 @@ def load_source(cfg: PrepareConfig, dtype: torch.dtype) -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(location, revision=cfg.revision, dtype=dtype,
                                                      trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a directory without a usable tokenizer
         where = "local directory" if looks_local else "hub model id (is the hub reachable? set HF_HUB_OFFLINE=1 " \
                                                        "and use a local directory on offline machines)"
         raise PipError(f"could not load model {src!r} as a {where}: {str(e).splitlines()[0]}") from None
