@@ -140,13 +140,14 @@ def _mlp_removed_panel(fig: plt.Figure, ax: plt.Axes, v: str, lrs: list[LayerRou
     for lr in lrs:
         count[lr.round - 1, lr.layer] = lr.removed["mlp"].sum()
         frac[lr.round - 1, lr.layer] = 1 - (len(lr.groups["mlp"]) - lr.removed["mlp"].sum()) / dense[lr.layer]
-    img = ax.imshow(frac, aspect="auto", cmap="Reds", interpolation="nearest", vmin=0,
-                    vmax=max(0.05, float(np.nanmax(frac, initial=0.0))),
+    vmax = max(0.05, float(np.nanmax(frac, initial=0.0)))
+    img = ax.imshow(frac, aspect="auto", cmap="Reds", interpolation="nearest", vmin=0, vmax=vmax,
                     extent=(-0.5, n_layers - 0.5, n_rounds + 0.5, 0.5))
     if n_layers <= 40:
         for (r, o), c in np.ndenumerate(count):
             if c:
-                ax.text(o, r + 1, str(c), ha="center", va="center", fontsize=6)
+                ax.text(o, r + 1, str(c), ha="center", va="center", fontsize=6,
+                        color="white" if frac[r, o] > 0.6 * vmax else "black")
     ax.set_yticks(range(1, n_rounds + 1))
     ax.set_ylabel("round", fontsize=8)
     ax.set_title(f"{v}: MLP channels removed (colour = fraction of the layer's channels gone after the round, "
