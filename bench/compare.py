@@ -61,7 +61,7 @@ def workflow_config(proto: Protocol, cell: Cell | None, model_source: str, view:
     keys, then the view's."""
     raw = proto.raw
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["experiment"] = f"{proto.name}-{cell.workdir_of(view) if cell else 'dense'}"
+    cfg["experiment"] = f"{proto.workspace}-{cell.workdir_of(view) if cell else 'dense'}"
     cfg["model"]["source"] = model_source
     domain = raw["domains"][cell.domain if cell else next(iter(raw["domains"]))]
     cfg["calibration"] = {**{k: (proto.expand(v) if k == "source" else v) for k, v in domain.items()},
@@ -267,7 +267,7 @@ def main() -> None:
         proto = load(ns.protocol)
     except ProtocolError as e:
         sys.exit(f"protocol error: {e}")
-    root = ns.workdir.resolve() / proto.name
+    root = ns.workdir.resolve() / proto.workspace
     out = ns.results.resolve() / proto.name
     cells = [c for c in proto.cells() if any(fnmatch.fnmatch(c.name, pat) for pat in ns.cells)]
     if ns.dry_run:

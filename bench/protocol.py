@@ -25,7 +25,7 @@ from pipsteps import methods  # noqa: E402  (torch-free)
 
 UNITS = ("depth", "width")
 TOP_KEYS = {"name", "model", "data_dir", "domains", "seeds", "calibration", "blocks", "eval", "recovery", "settings",
-            "views"}
+            "views", "workspace"}
 DOMAIN_KEYS = {"source", "text_field"}
 BLOCK_KEYS = {"unit", "ratio", "methods", "recovery"}
 EVAL_KEYS = {"ppl", "zero_shot", "primary"}
@@ -84,6 +84,11 @@ class Protocol:
     @property
     def name(self) -> str:
         return self.raw["name"]
+
+    @property
+    def workspace(self) -> str:
+        """Work-directory namespace: protocols that share one reuse each other's cached workflow jobs."""
+        return self.raw.get("workspace", self.name)
 
     @property
     def data_dir(self) -> Path:
