@@ -49,6 +49,8 @@ class AuxConfig(CalibConfig):
 def load_aux(aux_dir: Path, cfg: AuxConfig) -> tuple[Any, Any, torch.device]:
     """The aux model and its tokenizer (a prepared model directory), or one line saying why it cannot be loaded."""
     device = resolve_device(cfg.device)
+    if not (aux_dir / "config.json").is_file():
+        raise PipError(f"could not load the aux model {cfg.aux_model!r} from {aux_dir}: not a prepared model directory")
     try:
         tok = load_tokenizer(aux_dir)
         model = load_model(aux_dir, device, resolve_dtype("auto", device)).eval()
