@@ -104,3 +104,24 @@ def test_deterministic_rate_and_real_word_edits(aux, corpus, lexicon):
             assert s.edit.new.lower() in lexicon and s.edit.new.lower() in one_edit_variants(s.edit.old.lower())
             assert s.by == "guided" and s.meaning >= 0
     assert abs(edits / eligible - 0.2) <= 0.02, edits / eligible
+
+
+def test_forced_edits_come_first_and_the_guided_generator_completes_the_window(aux, lexicon):
+    """Generator llm: the instruction model's valid edits are kept (a seeded sample when there are more than the
+    rate allows), scored like the others, and the guided candidates of the other words fill the window."""
+    *_, scorer = aux
+    text = "The module is a local variable of that block, not a global name."
+    cands = candidates(text, lexicon, random.Random(0))
+    by_word = {}
+    for e in cands:
+        by_word.setdefault(e.start, e)
+    first, second, third = list(by_word.values())[:3]
+    chosen, n = choose_edits(text, lexicon, 3 / 9, random.Random(0), scorer, forced=[second])
+    assert n == 9 and len(chosen) == 3 and [s.by for s in chosen].count("llm") == 1
+    assert next(s for s in chosen if s.by == "llm").edit == second
+    direct = dict(zip(cands, scorer.score(text, cands)))
+    assert (next(s for s in chosen if s.by == "llm").fluency,) == pytest.approx((direct[second][0],), abs=1e-4)
+    many, _ = choose_edits(text, lexicon, 2 / 9, random.Random(1), scorer, forced=[first, second, third])
+    assert len(many) == 2 and all(s.by == "llm" for s in many)
+    again, _ = choose_edits(text, lexicon, 2 / 9, random.Random(1), scorer, forced=[first, second, third])
+    assert again == many
