@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import E2E, snakemake
+from pipsteps.llm_edit import DEFAULT_PROMPT
 
 CALIB = "results/calibration/calibration.json"
 
@@ -57,6 +58,7 @@ def test_guided_view_is_built_by_the_cached_aux_rule(guided_run):
     aux = json.loads((r / "aux_edits.json").read_text())
     calib = json.loads((r / "calibration.json").read_text())
     assert calib["aux"]["generator"] == "llm_guided" and calib["aux"]["edits"] == calib["edits"] > 0
+    assert aux["config"]["prompt"] == DEFAULT_PROMPT  # the multi-line prompt survives the shell quoting
     assert abs(calib["edit_rate"] - 0.2) < 0.05
     records = [json.loads(line) for line in (r / "texts.jsonl").read_text().splitlines()]
     assert len(records) == 4 and [str(x["window"]) for x in records] == list(aux["windows"])
