@@ -3,7 +3,9 @@
 Found statically with `ast` (no import, no torch): every `import pipsteps.x`, `from pipsteps import x` and
 `from pipsteps.x import y` anywhere in a module, function-level (lazy) imports included, since they run too. The
 workflow makes these files inputs of the step's rule (common.smk `step_code`), so editing any of them reruns the
-step. Results are cached per process: a Snakemake invocation parses the package once.
+step. The package's `__init__.py` (the lazy public API, which computes nothing for a step) counts only for a module
+that imports a name from it (`from pipsteps import load_pruned`), together with the modules it names as
+"pipsteps.x" strings. Results are cached per process: a Snakemake invocation parses the package once.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ def direct_imports(path: Path) -> frozenset[str]:
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level == 0 and module == PACKAGE or node.level == 1 and not module:
-                names |= {a.name for a in node.names}  # from pipsteps import cli / from . import cli
+                for a in node.names:  # from pipsteps import cli / from . import cli; else a name of __init__
+                    names.add(a.name if (path.parent / f"{a.name}.py").is_file() else "__init__")
             elif node.level == 0 and module.startswith(PACKAGE + "."):
                 names.add(module.split(".")[1])
             elif node.level == 1:
                 names.add(module.split(".")[0])  # from .io import x
+        elif path.name == "__init__.py" and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value.startswith(PACKAGE + ".") and node.value.count(".") == 1:
+                names.add(node.value.split(".")[1])  # the lazy exports' "pipsteps.surgery"
     return frozenset(n for n in names if (path.parent / f"{n}.py").is_file())
 
 

@@ -90,6 +90,11 @@ def test_import_forms_are_all_found(tmp_path):
         (pkg / f"{name}.py").write_text("import os\n" + ("from pipsteps.h import z\n" if name == "g" else ""))
     (pkg / "h.py").write_text("from pipsteps import a\n")  # a cycle ends
     (pkg / "unused.py").write_text("")
-    assert deps.step_modules("a", str(pkg)) == ("a", "b", "c", "d", "e", "g", "h")
+    (pkg / "__init__.py").write_text('_EXPORTS = {"api": "pipsteps.lazy"}\n')
+    (pkg / "lazy.py").write_text("")
+    # not_a_module is a name of the package's lazy public API: __init__ counts, with the module it names
+    assert deps.step_modules("a", str(pkg)) == ("__init__", "a", "b", "c", "d", "e", "g", "h", "lazy")
+    (pkg / "user.py").write_text("from pipsteps import api, b\n")
+    assert deps.step_modules("user", str(pkg)) == ("__init__", "b", "lazy", "user")
     with pytest.raises(FileNotFoundError):
         deps.step_modules("missing", str(pkg))
