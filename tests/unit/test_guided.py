@@ -8,8 +8,7 @@ import torch
 
 from pipsteps.guided import AuxScorer, candidates, choose_edits, edit_score
 from pipsteps.io import load_model, load_tokenizer
-from pipsteps.perturb import apply_edits, build_lexicon, one_edit_variants
-from pipsteps.textdata import embedded_paragraphs
+from pipsteps.perturb import apply_edits, one_edit_variants
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +18,6 @@ def aux(tiny_dir):
     model, tok = load_model(tiny_dir, torch.device("cpu")).eval(), load_tokenizer(tiny_dir)
     yield model, tok, AuxScorer(model, tok, torch.device("cpu"), right_context=4)
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return embedded_paragraphs("calibration")
-
-
-@pytest.fixture(scope="module")
-def lexicon(corpus):
-    return build_lexicon(corpus, min_freq=2)
 
 
 def direct_scores(model, tok, text, edit, right=4):

@@ -1,19 +1,7 @@
 import random
 
-import pytest
 
 from pipsteps.perturb import build_lexicon, match_case, one_edit_variants, perturb_text
-from pipsteps.textdata import embedded_paragraphs
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return embedded_paragraphs("calibration")
-
-
-@pytest.fixture(scope="module")
-def lexicon(corpus):
-    return build_lexicon(corpus, min_freq=2)
 
 
 def test_one_edit_variants_cover_the_three_edit_kinds():
