@@ -33,7 +33,7 @@ SLURM_PROFILE = REPO / "profiles" / "slurm"
 # No slurmdbd on the test cluster: squeue for status (sacct would hang). The plugin checks after the init seconds,
 # then every 10 s longer while nothing finished: a tiny job takes 6-10 s through sbatch (two snakemake start-ups and
 # the step), so 12 s usually catches it at the first check; 8 s often just misses it and costs a 26 s hop.
-# tests/slurm/local_slurm.sh sets MinJobAge=600, well above 3x this.
+# tests/slurm/local_slurm.sh sets MinJobAge=3600, well above 3x this.
 TEST_CLUSTER_FLAGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "12")
 CORE_RULES = {"prepare_model", "prepare_calibration", "plan_rounds", "collect_gradients", "prune_round",
               "evaluate_ppl", "summarize"}
@@ -138,9 +138,9 @@ def runs(slurm_cluster, tmp_path_factory) -> tuple[Path, Path, str]:
                                                "--slurm-keep-successful-logs"),
                                  stdout=fh, stderr=subprocess.STDOUT, cwd=slurm_dir)
     try:
-        check_ok(run_snakemake(local_dir, REPO / "profiles/default", "--cores", "2", timeout=900),
+        check_ok(run_snakemake(local_dir, REPO / "profiles/default", "--cores", "2", timeout=1800),
                  "local run")
-        rc = slurm.wait(timeout=1200)
+        rc = slurm.wait(timeout=1800)
     finally:
         if slurm.poll() is None:  # SIGINT: snakemake scancels its jobs (SIGTERM would wait for them)
             slurm.send_signal(signal.SIGINT)
@@ -194,7 +194,7 @@ def test_every_job_went_through_sbatch(runs):
     known = slurm_jobs()
     for rule, job_ids in ids.items():
         for job_id in job_ids:
-            job = known.get(job_id)  # finished jobs stay in slurmctld's memory for MinJobAge=600 s
+            job = known.get(job_id)  # finished jobs stay in slurmctld's memory for MinJobAge=3600 s (longer than a run)
             assert job is not None, f"SLURM job {job_id} ({rule}) unknown to squeue"
             assert (job.state, job.workdir) == ("COMPLETED", str(slurm_run)), job
             assert job.comment == f"rule_{rule}" or job.comment.startswith(f"rule_{rule}_wildcards_"), job

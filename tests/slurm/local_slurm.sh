@@ -86,8 +86,9 @@ MailProg=/bin/true
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# no slurmdbd, so snakemake polls with squeue: finished jobs must stay visible (>= 3x the init seconds)
-MinJobAge=600
+# no slurmdbd, so snakemake polls with squeue: finished jobs must stay visible (>= 3x the init seconds), and
+# tests/test_slurm.py checks every job of a run with squeue at the end: an hour covers a slow (busy) machine
+MinJobAge=3600
 $gres_types
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM$node_gres State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
