@@ -135,3 +135,18 @@ def e2e_run(tmp_path_factory) -> Path:
     shutil.copy(E2E, workdir / "config.yaml")
     snakemake(workdir)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    """The embedded calibration corpus (perturbation and guided-generator tests)."""
+    from pipsteps.textdata import embedded_paragraphs
+
+    return embedded_paragraphs("calibration")
+
+
+@pytest.fixture(scope="module")
+def lexicon(corpus):
+    from pipsteps.perturb import build_lexicon
+
+    return build_lexicon(corpus, min_freq=2)
