@@ -8,6 +8,19 @@ rule plot_results:
         model="results/base/model.json",
         code=step_code("plots"),
     output:
+        **{
+            name: report(
+                f"results/plots/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Pruning",
+            )
+            for name in score_plots()
+        },
+        **(
+            {"width_data": "results/plots/width_scores.tsv"}
+            if "width_scores" in score_plots()
+            else {}
+        ),
         removed_layers=report(
             "results/plots/removed_layers.png",
             caption="../report/removed_layers.rst",
@@ -22,19 +35,6 @@ rule plot_results:
             "results/report/summary.html",
             caption="../report/summary.rst",
             category="Summary",
-        ),
-        **{
-            name: report(
-                f"results/plots/{name}.png",
-                caption=f"../report/{name}.rst",
-                category="Pruning",
-            )
-            for name in score_plots()
-        },
-        **(
-            {"width_data": "results/plots/width_scores.tsv"}
-            if "width_scores" in score_plots()
-            else {}
         ),
     log:
         "logs/plot_results/plots.log",
