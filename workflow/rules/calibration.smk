@@ -30,11 +30,11 @@ rule prepare_calibration:
         edits=edits_flag,
     shell:
         "python -m pipsteps.calibration --tokenizer {input.model}"
-        " --source {params.c[source]:q} --dataset-config '{params.c[dataset_config]}'"
-        " --split {params.c[split]} --text-field {params.c[text_field]}"
+        " --source {params.c[source]:q} --dataset-config {params.c[dataset_config]:q}"
+        " --split {params.c[split]:q} --text-field {params.c[text_field]:q}"
         " --n-samples {params.c[n_samples]} --seq-len {params.c[seq_len]} --seed {params.c[seed]}"
         " --generator {params.p[generator]} --rate {params.p[rate]} --min-len {params.p[min_len]}"
-        " --min-freq {params.p[min_freq]} --wordlist '{params.p[wordlist]}' --draws {params.p[draws]}"
+        " --min-freq {params.p[min_freq]} --wordlist {params.p[wordlist]:q} --draws {params.p[draws]}"
         " {params.edits} --out-dir results/calibration --metrics {output.metrics} > {log} 2>&1"
 
 
@@ -86,11 +86,11 @@ rule choose_aux_edits:
         device=lookup(dpath="compute/device", within=config),
     shell:
         "python -m pipsteps.aux_edits --tokenizer {input.model} --aux-dir {input.aux}"
-        " --source {params.c[source]:q} --dataset-config '{params.c[dataset_config]}'"
-        " --split {params.c[split]} --text-field {params.c[text_field]}"
+        " --source {params.c[source]:q} --dataset-config {params.c[dataset_config]:q}"
+        " --split {params.c[split]:q} --text-field {params.c[text_field]:q}"
         " --n-samples {params.c[n_samples]} --seq-len {params.c[seq_len]} --seed {params.c[seed]}"
         " --generator {params.p[generator]} --rate {params.p[rate]} --min-len {params.p[min_len]}"
-        " --min-freq {params.p[min_freq]} --wordlist '{params.p[wordlist]}' --draws {params.p[draws]}"
+        " --min-freq {params.p[min_freq]} --wordlist {params.p[wordlist]:q} --draws {params.p[draws]}"
         " --aux-model {params.p[aux_model]:q} --max-drop {params.p[max_drop]}"
         " --max-candidates {params.p[max_candidates]} --right-context {params.p[right_context]}"
         " --prompt {params.p[llm_prompt]:q} --device {params.device} --threads {threads}"
