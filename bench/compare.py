@@ -29,13 +29,10 @@ from typing import Any
 
 import yaml
 
-from protocol import REPO, Cell, Protocol, ProtocolError, load, split
+from protocol import REPO, Cell, Protocol, ProtocolError, is_pip, load, split
 
 PACKAGES = ("torch", "transformers", "snakemake", "lm_eval", "peft", "datasets", "safetensors")
 
-
-def is_pip(method: str) -> bool:
-    return method.split("@")[0].split("-")[0] in ("pip", "pip_oneshot")  # pip-SCORE@VIEW is PIP too
 
 
 def wildcard(method: str, seed: int) -> str:

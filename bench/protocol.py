@@ -70,6 +70,11 @@ class Cell:
         return self.workdir if view is None else f"{self.workdir}-{view}"
 
 
+def is_pip(method: str) -> bool:
+    """A PIP variant (`pip`, `pip_oneshot`, `pip-SCORE`, any of them `@VIEW`), as opposed to a baseline."""
+    return split(method)[0].split("-")[0] in methods.PIP_METHODS
+
+
 def split(method: str) -> tuple[str, str | None]:
     """`pip-fisher_diff@llm_guided` → ("pip-fisher_diff", "llm_guided"); `taylor` → ("taylor", None)."""
     base, _, view = method.partition("@")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from protocol import REPO
+from protocol import REPO, is_pip
 
 Result = dict[str, Any]
 
@@ -31,9 +31,6 @@ Result = dict[str, Any]
 def base_method(method: str) -> str:
     return "random" if method.startswith("random_s") else method
 
-
-def is_pip(method: str) -> bool:
-    return method.split("@")[0].split("-")[0] in ("pip", "pip_oneshot")  # pip-SCORE@VIEW is PIP too
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
