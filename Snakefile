@@ -30,8 +30,8 @@ rule all:
     input:
         "results/summary.tsv",
         "results/summary.md",
-        plot_targets(),
-        tracking_targets(),
+        P.plot_targets(),
+        P.tracking_targets(),
 
 
 # The end of a successful run (never a dry run or a failure): the short results table on the terminal when this

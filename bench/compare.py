@@ -25,11 +25,13 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from protocol import REPO, Cell, Protocol, ProtocolError, is_pip, load, split
+
+from pipsteps import layout as L  # noqa: E402  (torch-free; protocol put this checkout first on sys.path)
 
 PACKAGES = ("torch", "transformers", "snakemake", "lm_eval", "peft", "datasets", "safetensors")
 
@@ -42,7 +44,7 @@ def wildcard(method: str, seed: int) -> str:
 
 def stage(cell: Cell, method: str) -> str:
     """The workflow stage of a protocol method (its view, `@name`, only picks the work directory)."""
-    return f"{cell.unit}/{wildcard(split(method)[0], cell.seed)}/r{cell.ratio:g}"
+    return L.variant(cell.unit, wildcard(split(method)[0], cell.seed), cell.ratio)
 
 
 def set_key(cfg: dict, dotted: str, value: Any) -> None:
@@ -126,14 +128,14 @@ def ppl(metrics: Path) -> dict[str, float]:
 
 
 def variant_figures(wd: Path, cell: Cell, method: str) -> dict[str, Any]:
-    base = wd / "results" / stage(cell, method)
-    plan = read_json(base / "plan.json")
-    last = read_json(base / f"round_{plan['rounds']}" / "round.json")
-    rec = base / "recovered" / "eval" / "metrics.json"
-    return {"ppl": ppl(base / "eval" / "metrics.json"), "params": last["params_after"],
-            "achieved_ratio": last["achieved_ratio"], "score": last.get("score"), "rounds": plan["rounds"],
+    results, var = wd / L.RESULTS, stage(cell, method)
+    rounds = L.rounds(results, var, read_json)
+    last = rounds[-1]
+    rec = results / L.evaluation(L.recovered(var))
+    return {"ppl": ppl(results / L.evaluation(var)), "params": last["params_after"],
+            "achieved_ratio": last["achieved_ratio"], "score": last.get("score"), "rounds": len(rounds),
             "removed_layers": last.get("removed_layers_so_far") if cell.unit == "depth" else None,
-            "zero_shot": zero_shot(base / "eval" / "tasks.json"),
+            "zero_shot": zero_shot(results / L.evaluation(var, "tasks")),
             "recovered_ppl": ppl(rec) if rec.exists() else None}
 
 
@@ -192,22 +194,22 @@ def run_cell(proto: Protocol, cell: Cell, root: Path, model_dir: str, cores: int
     cfgs = {v: workflow_config(proto, cell, model_dir, v) for v in groups}
     home = {m: (v, root / cell.workdir_of(v)) for v, ms in groups.items() for m in ms}
 
-    def phase(name: str, methods: list[str], target: str) -> None:
+    def phase(name: str, methods: list[str], target: Callable[[str], str]) -> None:
         t = time.perf_counter()
         for v in dict.fromkeys(home[m][0] for m in methods):
             tag = cell.name + (f"-{v}" if v else "") + ("" if name == "prune_ppl" else f"-{name}")
             run_workflow(root / cell.workdir_of(v), cfgs[v],
-                         [f"results/{stage(cell, m)}/{target}" for m in methods if home[m][0] == v], cores, tag)
+                         [f"{L.RESULTS}/{target(stage(cell, m))}" for m in methods if home[m][0] == v], cores, tag)
         walls[name] = round(time.perf_counter() - t, 1)
 
     walls: dict[str, float] = {}
-    phase("prune_ppl", list(cell.methods), "eval/metrics.json")
+    phase("prune_ppl", list(cell.methods), L.evaluation)
     figs = {m: variant_figures(home[m][1], cell, m) for m in cell.methods}
     chosen = [m for m in (best(figs, primary, True), best(figs, primary, False)) if m]
     if proto.raw["eval"].get("zero_shot"):
-        phase("zero_shot", chosen, "eval/tasks.json")
+        phase("zero_shot", chosen, lambda s: L.evaluation(s, "tasks"))
     if cell.recovery:
-        phase("recovery", chosen, "recovered/eval/metrics.json")
+        phase("recovery", chosen, lambda s: L.evaluation(L.recovered(s)))
     calib = {v or "default": read_json(root / cell.workdir_of(v) / "results/calibration/calibration.json")
              for v in groups}
     return {"protocol": proto.name, "cell": {"unit": cell.unit, "ratio": cell.ratio, "domain": cell.domain,

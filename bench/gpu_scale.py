@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipsteps.gradients import GradConfig  # noqa: E402
+from pipsteps.grads import GradConfig  # noqa: E402
 from pipsteps.gradients import run as gradients  # noqa: E402
 from pipsteps.io import DTYPES, resolve_device, resolve_dtype, set_threads, write_json  # noqa: E402
 from pipsteps.plan import PlanConfig  # noqa: E402

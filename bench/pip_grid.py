@@ -97,7 +97,9 @@ def zero_shot(tasks: Path) -> dict:
     run). Without BoolQ (its short slice mostly measures label bias) by the workflow's own rule, zeroshot.average."""
     if not tasks.exists():
         return {"zs_avg": None, "zs_avg_wo_boolq": None, "zs_tasks": None}
-    from pipsteps.zeroshot import average  # imported here: torch is only needed once the runs are done
+    from pipsteps.zeroshot import (
+        average,  # imported here: torch is only needed once the runs are done
+    )
 
     data = json.loads(tasks.read_text())
     rest = {t: r for t, r in data["tasks"].items() if t != "boolq"}

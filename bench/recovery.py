@@ -27,12 +27,12 @@ import torch
 
 from pipsteps.evaluate import EvalConfig
 from pipsteps.evaluate import run as evaluate
-from pipsteps.io import load_model, load_tokenizer, setup_logging
+from pipsteps.io import setup_logging
 from pipsteps.prepare_model import PrepareConfig
 from pipsteps.prepare_model import run as prepare
 from pipsteps.recover import RecoverConfig
 from pipsteps.recover import run as recover
-from pipsteps.surgery import read_manifest, remove_layers, save_pruned
+from pipsteps.surgery import load_model, load_tokenizer, read_manifest, remove_layers, save_pruned
 
 REPO = Path(__file__).resolve().parents[1]
 PIP_LAYERS = (26, 25, 22, 15, 28, 6, 23, 21)  # depth PIP (norm_diff) at ratio 0.2, the earlier default run

@@ -57,8 +57,7 @@ def random_seeds(workdir: Path, config: Path, seeds: list[int]) -> list[dict]:
 
     from pipsteps.evaluate import EvalConfig
     from pipsteps.evaluate import run as evaluate
-    from pipsteps.io import load_model, load_tokenizer
-    from pipsteps.surgery import read_manifest, remove_layers, save_pruned
+    from pipsteps.surgery import load_model, load_tokenizer, read_manifest, remove_layers, save_pruned
 
     cfg = yaml.safe_load(config.read_text())
     ev = cfg.get("eval", {})

@@ -22,7 +22,7 @@ _EXPORTS = {
     "final_model": "pipsteps.pruned",
     "removed": "pipsteps.pruned",
     "Removal": "pipsteps.pruned",
-    "PipError": "pipsteps.io",
+    "PipError": "pipsteps.errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

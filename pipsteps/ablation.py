@@ -12,6 +12,13 @@ The depth scores built from these losses (lowest = removed first; pipsteps.score
 One forward pass per view records the input of every layer (and the keyword arguments each layer received:
 attention mask, rotary embeddings); skipping layer i then reruns only layers i+1.. from the recorded input of
 layer i, which halves the cost of a naive full forward per candidate.
+
+ShortGPT's block influence (Men et al. 2024), forward only, one pass:
+
+    BI_i = 1 − mean over the clean calibration tokens of cos(h_in,i, h_out,i)
+
+where h_in,i / h_out,i are the hidden states entering and leaving decoder layer i (the residual stream, before
+the final norm). A layer that barely changes its input has a low BI and is removed first.
 """
 
 from __future__ import annotations
@@ -88,3 +95,40 @@ def skip_losses(model: torch.nn.Module, ids: torch.Tensor, candidates: Sequence[
     if bad:
         raise PipError(f"non-finite ablation loss (layers {bad}): check the model (try dtype float32)")
     return float(full) / n, losses
+
+
+@torch.no_grad()
+def block_influence(model: torch.nn.Module, ids: torch.Tensor, micro_batch: int = 4) -> tuple[list[float], int]:
+    """(BI per decoder layer, number of tokens averaged over). Cosines are computed in fp32 and summed in fp64."""
+    layers = decoder_layers(model)
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    inputs: dict[int, torch.Tensor] = {}
+
+    def pre(i: int):
+        def hook(module, args, kwargs):
+            inputs[i] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    def post(i: int):
+        def hook(module, args, kwargs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            cos = F.cosine_similarity(inputs.pop(i).float(), out.float(), dim=-1)  # (batch, seq)
+            sums[i] += cos.sum(dtype=torch.float64).cpu()
+        return hook
+
+    handles = [h for i, layer in enumerate(layers)
+               for h in (layer.register_forward_pre_hook(pre(i), with_kwargs=True),
+                         layer.register_forward_hook(post(i), with_kwargs=True))]
+    device = next(model.parameters()).device
+    try:
+        for x in tqdm(torch.split(ids, micro_batch), desc="block influence", unit="batch"):
+            model.model(input_ids=x.to(device), use_cache=False)  # the decoder stack only: no lm_head logits
+    finally:
+        for h in handles:
+            h.remove()
+    n_tokens = ids.numel()
+    bi = (1.0 - sums / n_tokens).tolist()
+    bad = [i for i, v in enumerate(bi) if v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        raise PipError(f"non-finite block influence in layer(s) {bad}: check the model (try dtype float32)")
+    return bi, n_tokens

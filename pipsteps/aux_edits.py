@@ -26,10 +26,10 @@ import torch
 from pipsteps import cli
 from pipsteps.calibration import AUX_GENERATORS, CalibConfig, candidate_windows, check_config, load_text
 from pipsteps.guided import AuxScorer, Scored, choose_edits
-from pipsteps.io import PipError, atomic_path, load_model, load_tokenizer, resolve_device, resolve_dtype
-from pipsteps.io import set_threads
+from pipsteps.io import PipError, atomic_path, resolve_device, resolve_dtype, set_threads
 from pipsteps.llm_edit import DEFAULT_PROMPT, rewrite, validate
 from pipsteps.perturb import Edit, apply_edits, eligible_words
+from pipsteps.surgery import load_model, load_tokenizer
 
 log = logging.getLogger("pipsteps.aux_edits")
 

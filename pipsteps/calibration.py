@@ -28,8 +28,9 @@ import torch
 from safetensors.torch import save_file
 
 from pipsteps import cli
-from pipsteps.io import PipError, Timer, atomic_path, load_tokenizer, write_json
+from pipsteps.io import PipError, Timer, atomic_path, write_json
 from pipsteps.perturb import Edit, apply_edits, build_lexicon, perturb_text, token_noise
+from pipsteps.surgery import load_tokenizer
 from pipsteps.textdata import read_rows
 
 log = logging.getLogger("pipsteps.calibration")

@@ -29,7 +29,8 @@ import torch
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import PipError, count_params, load_model, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.io import PipError, count_params, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.surgery import load_model
 
 log = logging.getLogger("pipsteps.efficiency")
 
@@ -178,16 +179,6 @@ def run(cfg: EfficiencyConfig, dense_dir: Path, pruned_dir: Path) -> dict[str, A
             "achieved_ratio": 1 - pruned["params_total"] / dense["params_total"],
             "achieved_ratio_non_embedding": 1 - pruned["params_non_embedding"] / dense["params_non_embedding"],
             "speedup": speedup}
-
-
-def summary_columns(block: dict[str, Any]) -> dict[str, float]:
-    """Summary-table columns of one model's block (`dense` or `pruned`) of an efficiency.json."""
-    cols: dict[str, float] = {}
-    for b, m in block["batches"].items():
-        cols[f"prefill_ms@bs{b}"] = round(m["prefill_ms"], 2)
-        cols[f"decode_tok_s@bs{b}"] = round(m["decode_tokens_per_s"], 1)
-    cols["peak_mem_mb"] = round(block["peak_mem_mb"], 1)
-    return cols
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import (PipError, Timer, count_params, load_model, load_tokenizer, resolve_device, resolve_dtype,
-                         set_threads, write_json)
+from pipsteps.io import PipError, Timer, count_params, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.surgery import load_model, load_tokenizer
 from pipsteps.textdata import read_rows
 
 log = logging.getLogger("pipsteps.evaluate")

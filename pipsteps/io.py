@@ -1,4 +1,5 @@
-"""Shared I/O helpers: atomic writes, logging, devices/dtypes, model loading and parameter counts.
+"""Shared I/O helpers: atomic writes, JSON, logging, devices/dtypes and parameter counts (model loading:
+pipsteps.surgery).
 
 Every output is written to a temporary sibling first and renamed into place, so a killed job never leaves a file
 (or model directory) that looks complete.
@@ -20,13 +21,13 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError
 
+from pipsteps.errors import PipError
+
 log = logging.getLogger("pipsteps")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class PipError(RuntimeError):
-    """An error with a one-line message meant for the user (bad input, numeric fault, ...)."""
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -180,30 +181,9 @@ def _json_default(o: Any) -> Any:
 
 
 # ---------------------------------------------------------------- models
-def load_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype | None = None,
-               device_map: str | None = None):
-    """Load a (possibly pruned) model directory written by this project. Never unpickles.
-
-    `device_map` (auto, balanced, sequential, …) shards the layers over the GPUs of the node instead of putting
-    the whole model on `device`; it is ignored, with a warning, when `device` is the CPU.
-    """
-    from pipsteps.surgery import load_pruned
-
-    if device_map and torch.device(device).type != "cuda":
-        log.warning("compute.device_map=%s ignored: the model runs on the CPU", device_map)
-        device_map = None
-    return load_pruned(path, device=device, dtype=dtype, device_map=device_map)
-
-
 def model_devices(model: torch.nn.Module) -> list[str]:
     """The devices holding the model's parameters (several with a device_map)."""
     return sorted({str(p.device) for p in model.parameters()})
-
-
-def load_tokenizer(path: str | os.PathLike):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def count_params(model: torch.nn.Module) -> dict[str, int]:

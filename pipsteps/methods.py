@@ -44,11 +44,20 @@ BASELINES: dict[str, Needs] = {
     "sleb": Needs(calib=("clean",)),
 }
 METHODS = (*PIP_METHODS, *BASELINES)
+# gradient view -> (calibration view it is taken on, paired perturbed view): a round r ≥ 2 takes its own gradients
+GRAD_SOURCES: dict[str, tuple[str, str | None]] = {"clean": ("clean", None), "perturbed": ("perturbed", None),
+                                                   "control": ("control", None), "psdiff": ("clean", "perturbed")}
 ONESHOT = ("pip_oneshot", "block_influence")
 DEPTH_ONLY = ("block_influence", "block_influence_iter", "sleb")
 SEEDED = re.compile(r"^random_s(\d+)$")
 WILDCARD_RE = (r"(?:pip|pip_oneshot)(?:-[a-z_]+)?|taylor(?:_sq)?|magnitude|block_influence(?:_iter)?|sleb"
                r"|random(?:_s\d+)?")  # the Snakemake method wildcard
+
+
+def grad_calib_views(grads: tuple[str, ...]) -> tuple[str, ...]:
+    """The calibration views that gradient views are taken on (clean, perturbed, control order)."""
+    used = {v for g in grads for v in GRAD_SOURCES[g] if v}
+    return tuple(v for v in ("clean", "perturbed", "control") if v in used)
 
 
 class MethodError(ValueError):

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipsteps import cli, methods
-from pipsteps.io import PipError, count_params, load_model, write_json
-from pipsteps.surgery import decoder_layers
+from pipsteps.io import PipError, count_params, write_json
+from pipsteps.surgery import decoder_layers, load_model
 from pipsteps.width import plan_width, width_shape
 
 log = logging.getLogger("pipsteps.plan")

@@ -34,10 +34,10 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from pipsteps import cli, methods, plots_width  # noqa: E402
+from pipsteps import layout as L  # noqa: E402
 from pipsteps.io import PipError, atomic_path, read_json, write_text  # noqa: E402
 
 log = logging.getLogger("pipsteps.plots")
-RECOVERED = "/recovered"
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ def save(fig: plt.Figure, path: Path, cfg: PlotConfig) -> None:
 
 
 def read_rounds(results: Path, variant: str) -> list[dict[str, Any]]:
-    plan = read_json(results / variant / "plan.json")
-    return [read_json(results / variant / f"round_{r}" / "round.json") for r in range(1, plan["rounds"] + 1)]
+    return L.rounds(results, variant, read_json)
 
 
 def score_matrix(rounds: list[dict[str, Any]], n_layers: int) -> tuple[np.ndarray, list[list[int]]]:
@@ -101,7 +100,7 @@ def plot_width_scores(results: Path, variants: list[str], n_layers: int, out: Pa
     """width_scores.png and width_scores.tsv of the scored width variants (pipsteps.plots_width)."""
     data = {v: read_rounds(results, v) for v in variants}
     scored = {v: rds for v, rds in data.items() if plots_width.is_scored_width(rds)}
-    candidates = {v: read_json(results / v / "plan.json")["candidates"] for v in scored}
+    candidates = {v: read_json(results / L.plan(v))["candidates"] for v in scored}
     table = [row for v, rds in scored.items() for row in plots_width.rows(v, rds, candidates[v])]
     save(plots_width.figure(scored, n_layers, candidates), out, cfg)
     write_text(data_out, plots_width.tsv(table))
@@ -144,7 +143,7 @@ def plot_removed_layers(results: Path, variants: list[str], n_layers: int, out: 
                   "removed layers: number = round of removal, blank = kept", cmap="YlOrRd", vmin=0,
                   vmax=float(np.nanmax(order, initial=1.0)) * 1.2)
             continue
-        dense = read_json(results / "base" / "model" / "config.json")
+        dense = read_json(results / L.model(L.DENSE) / "config.json")
         full = (dense.get("num_key_value_heads") or dense["num_attention_heads"]) if kind == "kv" \
             else dense["intermediate_size"]
         frac = np.full((len(vs), n_layers), np.nan)
@@ -181,7 +180,7 @@ def _num(s: str | None) -> float:
 def stage_parts(stage: str) -> tuple[str, str, float, bool] | None:
     """(unit, method wildcard, ratio, recovered) of a variant stage unit/method/rRATIO[/recovered], with the
     method matched by the registry's wildcard pattern; None for any other row (dense)."""
-    m = re.fullmatch(rf"([a-z]+)/({methods.WILDCARD_RE})/r([0-9.e+-]+)({RECOVERED})?", stage)
+    m = re.fullmatch(rf"([a-z]+)/({methods.WILDCARD_RE})/r([0-9.e+-]+)(/{L.RECOVERED})?", stage)
     if not m:
         return None
     return m.group(1), m.group(2), float(m.group(3)), bool(m.group(4))
@@ -297,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ns = p.parse_args(argv)
     cfg = PlotConfig(dpi=ns.dpi)
     if ns.what == "results":
-        n_layers = read_json(ns.results / "base" / "model.json")["num_layers"]
+        n_layers = read_json(ns.results / L.DENSE / "model.json")["num_layers"]
         plot_metric_vs_ratio(ns.summary, ns.metric_vs_ratio, cfg)
         if ns.layer_scores:
             plot_layer_scores(ns.results, ns.variants, n_layers, ns.layer_scores, cfg)

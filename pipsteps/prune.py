@@ -3,7 +3,7 @@
 Depth (whole decoder layers, pipsteps.scores): `pip` / `pip_oneshot` (a perturbation score: from the two gradient
 files, default `norm_diff` = PertImport ‖G_clean − G_pert‖₂, or forward-only from the loss of the model with each
 layer skipped, e.g. `pip_greedy`), `taylor`, `magnitude`, `random` (seeded per round), `block_influence` (ShortGPT,
-one-shot, read from pipsteps.block_influence), `block_influence_iter` (the same score recomputed on the current
+one-shot, read from the block influence step's JSON), `block_influence_iter` (the same score recomputed on the current
 model every round) and `sleb` (greedy: the layer whose removal raises the clean calibration loss least). The round
 reads how many layers to remove from the plan.
 
@@ -16,6 +16,11 @@ at least one KV group and one channel.
 Writes the pruned model (safetensors + config + pruning_manifest.json, loadable by pipsteps.surgery.load_pruned)
 and a round JSON: every score, the removed layers or groups with their original indices, the kept heads and
 channels per layer (width), parameter counts, the achieved ratio, wall time and peak memory.
+
+Round 1 reads the dense model's gradient files (one shared step). A later round of a gradient-based method takes
+its own (`own_grads`): it loads the round r−1 model once, computes the views' gradients on it (pipsteps.gradients,
+same numbers as the gradient step), scores, prunes and writes the round r model, all in one job. Its gradient files
+live in a temporary directory, or in `--keep-grads DIR` (gradients.keep).
 """
 
 from __future__ import annotations
@@ -23,21 +28,21 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from pipsteps import cli, methods
-from pipsteps.ablation import skip_losses
-from pipsteps.block_influence import block_influence
-from pipsteps.gradients import load_ids
-from pipsteps.io import (PipError, Timer, atomic_outputs, count_params, load_model, load_tokenizer, read_json,
-                         resolve_device, set_threads, write_json)
-from pipsteps.plan import base_method
+from pipsteps.ablation import block_influence, skip_losses
+from pipsteps.grads import GradConfig, load_for_grads, load_ids, write_view
+from pipsteps.io import (DTYPES, PipError, Timer, atomic_outputs, count_params, read_json, resolve_device, set_threads,
+                         write_json)
 from pipsteps.scores import ablation_scores, depth_scores, layer_stats
-from pipsteps.surgery import decoder_layers, read_manifest, remove_layers, save_pruned
+from pipsteps.surgery import decoder_layers, load_model, load_tokenizer, read_manifest, remove_layers, save_pruned
 from pipsteps.width import prune_width, select_global, select_local
 from pipsteps.width_scores import width_scores
 
@@ -46,17 +51,15 @@ METHODS = methods.METHODS
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    round: int = field(default=1, metadata={"help": "round number (1-based)"})
+class PruneConfig(GradConfig):
+    """The compute fields (device, dtype, micro_batch, …) serve the round's own gradients and its forward-only
+    scores (sleb, block_influence_iter, ablation scores); scoring and surgery run on the CPU."""
+
     method: str = field(default="pip", metadata={"help": f"{', '.join(METHODS)}, random_sN (seed N) or pip-SCORE"})
     score: str = field(default="norm_diff", metadata={"help": "PIP score (pipsteps.scores / pipsteps.width_scores)"})
     seed: int = field(default=0, metadata={"help": "seed (random method; random_sN uses N)"})
-    device: str = field(default="cpu", metadata={"help": "device of the forward-only scores (sleb, "
-                                                         "block_influence_iter, ablation scores): cpu, cuda, auto"})
-    micro_batch: int = field(default=4, metadata={"help": "samples per forward pass (forward-only scores)"})
-    require_gpu: bool = field(default=False, metadata={"help": "forward-only scores: fail instead of falling back "
-                                                                 "to the CPU (compute.require_gpu)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
+    own_grads: bool = field(default=False, metadata={"help": "take the gradients the method reads on this round's "
+                                                             "model, from the calibration views (--calib-…)"})
 
 
 def score_name(cfg: PruneConfig) -> str:
@@ -65,8 +68,31 @@ def score_name(cfg: PruneConfig) -> str:
 
 
 def seed_of(cfg: PruneConfig) -> int:
-    seed = base_method(cfg.method)[1]
+    seed = methods.parse(cfg.method)[2]
     return cfg.seed if seed is None else seed
+
+
+def own_gradients(cfg: PruneConfig, model, views: tuple[str, ...], calib: dict[str, Path | None], tmp: Path
+                  ) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """The gradient files of `views` on the loaded model, written to `tmp`, and their metrics."""
+    files: dict[str, Path] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    for v in views:
+        src, paired = methods.GRAD_SOURCES[v]
+        missing = [c for c in (src, paired) if c and calib.get(c) is None]
+        if missing:
+            raise PipError(f"round {cfg.round} of {cfg.method} takes its {v} gradients on the {' and '.join(missing)} "
+                           "calibration view(s): pass --calib-…")
+        files[v] = tmp / f"grads_{v}.safetensors"
+        metrics[v] = write_view(model, calib[src], replace(cfg, view=v), files[v], calib[paired] if paired else None)
+    return files, metrics
+
+
+def reusable(model, model_dir: Path, cfg: PruneConfig) -> bool:
+    """The gradient model can be pruned and saved as is: one device, in the dtype the model is stored in."""
+    stored = read_json(model_dir / "config.json")
+    dtype = stored.get("dtype") or stored.get("torch_dtype")
+    return not cfg.device_map and DTYPES.get(dtype) == next(model.parameters()).dtype
 
 
 def choose(scores: list[float] | None, candidates: list[int], k: int, rng: random.Random) -> list[int]:
@@ -173,12 +199,31 @@ def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
             "removed_layers_so_far": manifest["removed_layers"], "layers_left": len(orig)}
 
 
+def _prune(cfg: PruneConfig, model, model_dir: Path, plan: dict[str, Any], unit: str, name: str,
+           grads: dict[str, Path | None], calib: dict[str, Path | None], influence: Path | None,
+           calibration_hash: str, out: Path) -> tuple[dict[str, Any], dict, dict[str, int], dict[str, int]]:
+    """Score and remove in place, then save the pruned model; returns (round fields, manifest, params before,
+    params after)."""
+    manifest = read_manifest(model_dir)
+    before = count_params(model)
+    if unit == "width":
+        fields = width_round(cfg, model, manifest, plan, name, grads)
+    else:
+        fields = depth_round(cfg, model, manifest, plan, name, grads, calib, influence)
+    after = count_params(model)
+    manifest.update(unit=unit, method=cfg.method, score=name, target_ratio=plan["target_ratio"],
+                    seed=seed_of(cfg), calibration_hash=calibration_hash)
+    save_pruned(model, load_tokenizer(model_dir), out, manifest)
+    return fields, manifest, before, after
+
+
 def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
         grads: dict[str, Path | None] | None = None, calibration_hash: str = "", influence: Path | None = None,
-        calib: dict[str, Path | None] | None = None) -> dict[str, Any]:
+        calib: dict[str, Path | None] | None = None, keep_grads: Path | None = None) -> dict[str, Any]:
     """`grads`: {view: gradient file} (clean, perturbed, control, psdiff); `calib`: {view: calibration ids} for the
-    forward-only scores; `influence`: the dense model's block influence JSON."""
-    grads, calib = grads or {}, calib or {}
+    forward-only scores and for `own_grads`; `influence`: the dense model's block influence JSON; `keep_grads`: a
+    directory that receives the round's own gradient files."""
+    grads, calib = dict(grads or {}), calib or {}
     if not 1 <= cfg.round <= plan["rounds"]:
         raise PipError(f"round {cfg.round} is outside the plan's 1..{plan['rounds']}")
     unit = plan.get("unit", "depth")
@@ -187,21 +232,31 @@ def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
     except methods.MethodError as e:
         raise PipError(str(e)) from None
     name = score_name(cfg)
-    if need.calib and cfg.require_gpu:  # a forward-only score: fail on a missing GPU before loading the model
+    own = need.grads if cfg.own_grads else ()
+    if (need.calib or own) and cfg.require_gpu:  # fail on a missing GPU before loading the model
         resolve_device(cfg.device, require_gpu=True)
     set_threads(cfg.threads)
-    with Timer() as t, torch.no_grad():
-        model = load_model(model_dir, device="cpu")
-        manifest = read_manifest(model_dir)
-        before = count_params(model)
-        if unit == "width":
-            fields = width_round(cfg, model, manifest, plan, name, grads)
+    grad_metrics: dict[str, dict[str, Any]] = {}
+    files: dict[str, Path] = {}
+    with Timer() as t, tempfile.TemporaryDirectory(prefix=".grads-", dir=out.parent) as tmp:
+        if own:
+            model = load_for_grads(model_dir, cfg)
+            files, grad_metrics = own_gradients(cfg, model, own, calib, Path(tmp))
+            grads.update(files)
+            if reusable(model, model_dir, cfg):
+                model = model.to("cpu")
+            else:  # sharded or in another dtype: prune the stored weights, loaded on the CPU
+                del model
+                model = load_model(model_dir, device="cpu")
         else:
-            fields = depth_round(cfg, model, manifest, plan, name, grads, calib, influence)
-        after = count_params(model)
-        manifest.update(unit=unit, method=cfg.method, score=name, target_ratio=plan["target_ratio"],
-                        seed=seed_of(cfg), calibration_hash=calibration_hash)
-        save_pruned(model, load_tokenizer(model_dir), out, manifest)
+            model = load_model(model_dir, device="cpu")
+        with torch.no_grad():
+            fields, manifest, before, after = _prune(cfg, model, model_dir, plan, unit, name, grads, calib, influence,
+                                                     calibration_hash, out)
+        if keep_grads is not None:
+            keep_grads.mkdir(parents=True, exist_ok=True)
+            for f in files.values():
+                shutil.move(f, keep_grads / f.name)
     ratio = 1.0 - after["total"] / plan["params_total"]
     log.info("round %d (%s): %d → %d params, achieved ratio %.4f (target %s)", cfg.round, cfg.method,
              before["total"], after["total"], ratio, plan["target_ratio"])
@@ -209,8 +264,8 @@ def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
             "views": list(need.grads), "calib_views": list(need.calib), **fields,
             "params_before": before["total"], "params_after": after["total"],
             "params_non_embedding_after": after["non_embedding"], "params_dense": plan["params_total"],
-            "achieved_ratio": ratio, "target_ratio": plan["target_ratio"], "wall_s": t.seconds,
-            "peak_mem_mb": t.peak_mem_mb}
+            "achieved_ratio": ratio, "target_ratio": plan["target_ratio"], "gradients": grad_metrics,
+            "wall_s": t.seconds, "peak_mem_mb": t.peak_mem_mb}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -222,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--control", type=Path, default=None, help="control-view gradients (noise_control)")
         p.add_argument("--psdiff", type=Path, default=None, help="per-sample squared gradient difference (fisher_ps)")
         p.add_argument("--calib-clean", type=Path, default=None, help="clean calibration view (forward-only scores)")
-        p.add_argument("--calib-perturbed", type=Path, default=None, help="perturbed calibration view (ablation)")
+        p.add_argument("--calib-perturbed", type=Path, default=None, help="perturbed calibration view")
+        p.add_argument("--calib-control", type=Path, default=None, help="control calibration view (own_grads)")
+        p.add_argument("--keep-grads", type=Path, default=None, help="keep the round's own gradient files here")
         p.add_argument("--influence", type=Path, default=None, help="block influence JSON (block_influence)")
         p.add_argument("--calibration", type=Path, default=None, help="calibration metrics JSON (for its hash)")
         p.add_argument("--out", required=True, type=Path, help="output pruned model directory")
@@ -231,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, ns = cli.parse(PruneConfig, argv, __doc__.splitlines()[0], extra)
     calib_hash = read_json(ns.calibration)["calibration_hash"] if ns.calibration else ""
     grads = {"clean": ns.clean, "perturbed": ns.perturbed, "control": ns.control, "psdiff": ns.psdiff}
-    calib = {"clean": ns.calib_clean, "perturbed": ns.calib_perturbed}
+    calib = {"clean": ns.calib_clean, "perturbed": ns.calib_perturbed, "control": ns.calib_control}
     with atomic_outputs(ns.out, ns.metrics) as (out, metrics_out):  # the model and the round JSON, final together
-        metrics = run(cfg, ns.model, read_json(ns.plan), out, grads, calib_hash, ns.influence, calib)
+        metrics = run(cfg, ns.model, read_json(ns.plan), out, grads, calib_hash, ns.influence, calib, ns.keep_grads)
         write_json(metrics_out, {"config": asdict(cfg), **metrics})
 
 

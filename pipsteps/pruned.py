@@ -2,7 +2,7 @@
 
 Torch-free (plain JSON reading); `pipsteps.surgery.load_pruned` loads the model itself.
 
-    path = final_model("results/width/pip/r0.2")  # results/width/pip/r0.2/round_<last>/model
+    path = final_model("results/width/pip/r0.2")  # results/width/pip/r0.2/model
     print(removed(path))  # on the tiny test model, for example:
     # removed 0 of 6 decoder layers; 3 of 12 KV groups (6 query heads) in 3 layers; 177 of 768 MLP channels in 5 layers
 
@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipsteps.errors import PipError
 
 MANIFEST = "pruning_manifest.json"
 
@@ -55,8 +57,6 @@ def _layers(by_layer: Mapping[int, Any]) -> str:
 def _read(path: Path) -> dict[str, Any]:
     f = path / MANIFEST
     if not f.exists():
-        from pipsteps.io import PipError
-
         raise PipError(f"no {MANIFEST} in {path} (not a model directory written by pipsteps)")
     return json.loads(f.read_text())
 
@@ -81,17 +81,12 @@ def removed(model: str | os.PathLike | Mapping[str, Any]) -> Removal:
 
 
 def final_model(variant: str | os.PathLike) -> Path:
-    """The model directory of a variant's last pruning round: `<variant>/round_<rounds>/model`, with the number of
-    rounds read from the variant's plan.json (e.g. variant = "results/width/pip/r0.2")."""
+    """The pruned model of a variant: `<variant>/model`, its last round's model, kept once every round has run
+    (e.g. variant = "results/width/pip/r0.2")."""
     variant = Path(variant)
-    plan = variant / "plan.json"
-    if not plan.exists():
-        from pipsteps.io import PipError
-
+    if not (variant / "plan.json").exists():  # pipsteps.layout: VARIANT/plan.json, VARIANT/model
         raise PipError(f"no plan.json in {variant} (expected a variant directory such as results/width/pip/r0.2)")
-    path = variant / f"round_{json.loads(plan.read_text())['rounds']}" / "model"
+    path = variant / "model"
     if not path.is_dir():
-        from pipsteps.io import PipError
-
-        raise PipError(f"{path} does not exist yet: the variant's last round has not run")
+        raise PipError(f"{path} does not exist yet: the variant's rounds have not all run")
     return path

@@ -27,12 +27,11 @@ from tqdm.auto import tqdm
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import (PipError, Timer, atomic_outputs, atomic_path, count_params, load_model, load_tokenizer,
-                         resolve_device, resolve_dtype, seed_everything, set_threads, write_json)
+from pipsteps.io import (PipError, Timer, atomic_outputs, atomic_path, count_params, resolve_device, resolve_dtype,
+                         seed_everything, set_threads, write_json)
 from pipsteps.recovery_data import IGNORE, Example, build_examples, collate, split_examples
-from pipsteps.recovery_state import (fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                     tokens_hash)
-from pipsteps.surgery import read_manifest, save_pruned
+from pipsteps.recovery_state import fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint, tokens_hash
+from pipsteps.surgery import load_model, load_tokenizer, read_manifest, save_pruned
 
 log = logging.getLogger("pipsteps.recover")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from pipsteps.gradients import layer_of
+from pipsteps.grads import layer_of
 from pipsteps.io import grad_tensor, open_safetensors
 
 Stats = dict[str, float]

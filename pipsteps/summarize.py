@@ -14,26 +14,42 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipsteps import cli
-from pipsteps.efficiency import summary_columns as efficiency_columns
+from pipsteps import layout as L
 from pipsteps.io import read_json, write_text
 
 log = logging.getLogger("pipsteps.summarize")
-RECOVERED = "/recovered"  # stage suffix of a LoRA-recovered variant (pipsteps.recover)
 TASKS_NOTE = (" zs_ columns are 0-shot lm-eval accuracies: acc_norm for hellaswag, arc_easy, arc_challenge, "
               "openbookqa, piqa, acc for boolq, winogrande; zs_avg is their mean.")
 EFFICIENCY_NOTE = (" prefill_ms@bsB / decode_tok_s@bsB / peak_mem_mb: efficiency.json (batch B, median); the dense row "
                    "is the dense model measured in the first variant's job.")
 
 
-def grads_json(results: Path, stage: str, r: int, view: str) -> Path:
-    """Round 1 gradients are the dense model's, shared by every variant."""
-    where = "base" if r == 1 else f"{stage}/round_{r}"
-    return results / where / f"grads_{view}.json"
+def scoring_records(results: Path, rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of a variant's scoring work: the dense model's gradients its round 1 read (a shared step), the
+    gradients later rounds took in their own jobs, and the dense block influence of one-shot block_influence."""
+    first, last = rounds[0], rounds[-1]
+    if last["score"] == "random":
+        return []
+    recs = [read_json(p) for v in first.get("views", ()) if (p := results / L.dense_grads(v, "json")).exists()]
+    recs += [g for rd in rounds[1:] for g in rd.get("gradients", {}).values()]
+    if last["score"] == "block_influence":
+        recs.append(read_json(results / L.DENSE / "block_influence.json"))
+    return recs
+
+
+def efficiency_columns(block: dict[str, Any]) -> dict[str, float]:
+    """Summary-table columns of one model's block (`dense` or `pruned`) of an efficiency.json."""
+    cols: dict[str, float] = {}
+    for b, m in block["batches"].items():
+        cols[f"prefill_ms@bs{b}"] = round(m["prefill_ms"], 2)
+        cols[f"decode_tok_s@bs{b}"] = round(m["decode_tokens_per_s"], 1)
+    cols["peak_mem_mb"] = round(block["peak_mem_mb"], 1)
+    return cols
 
 
 def task_columns(results: Path, stage: str) -> dict[str, Any]:
     """Zero-shot columns: zs_<task> = the task's headline accuracy (acc_norm or acc, see tasks.json), zs_avg."""
-    zs = read_json(results / stage / "eval" / "tasks.json")
+    zs = read_json(results / L.evaluation(stage, "tasks"))
     cols = {f"zs_{t}": _round(r["headline"]) for t, r in zs["tasks"].items()}
     return cols | {"zs_avg": _round(zs["average"]["value"])}
 
@@ -58,38 +74,34 @@ def _round(v: float | None) -> float | str:
 
 
 def stage_row(results: Path, stage: str, with_tasks: bool = False, eff_ref: str | None = None) -> dict[str, Any]:
-    ev = read_json(results / stage / "eval" / "metrics.json")
-    row: dict[str, Any] = {"stage": "dense" if stage == "base" else stage, "method": "-", "score": "-",
+    ev = read_json(results / L.evaluation(stage))
+    row: dict[str, Any] = {"stage": "dense" if stage == L.DENSE else stage, "method": "-", "score": "-",
                            "layers": ev["num_layers"], "params": ev["params_total"],
                            "params_non_emb": ev["params_non_embedding"]}
     for ds, by_len in ev["ppl"].items():
-        for L, v in by_len.items():
-            row[f"ppl_{ds}@{L}"] = round(v, 3)
+        for length, v in by_len.items():
+            row[f"ppl_{ds}@{length}"] = round(v, 3)
     if with_tasks:
         row.update(task_columns(results, stage))
-    if eff_ref and not stage.endswith(RECOVERED):  # dense: measured beside the first variant, in the same job
-        eff = read_json(results / (eff_ref if stage == "base" else stage) / "eval" / "efficiency.json")
-        row.update(efficiency_columns(eff["dense" if stage == "base" else "pruned"]))
+    if eff_ref and not L.is_recovered(stage):  # dense: measured beside the first variant, in the same job
+        eff = read_json(results / L.evaluation(eff_ref if stage == L.DENSE else stage, "efficiency"))
+        row.update(efficiency_columns(eff["dense" if stage == L.DENSE else "pruned"]))
     row.update({"ratio": 0.0, "removed_layers": "-", "kept_heads/channels": "-", "grads_s": 0.0, "prune_s": 0.0,
                 "prune_peak_mb": 0.0, "eval_s": round(ev["wall_s"], 1)})
     if with_tasks:
-        row["tasks_s"] = round(read_json(results / stage / "eval" / "tasks.json")["wall_s"], 1)
-    if stage != "base":
-        variant = stage.removesuffix(RECOVERED)  # a recovered stage reports its variant's pruning, plus recovery
-        plan = read_json(results / variant / "plan.json")
-        rounds = [read_json(results / variant / f"round_{r}" / "round.json") for r in range(1, plan["rounds"] + 1)]
+        row["tasks_s"] = round(read_json(results / L.evaluation(stage, "tasks"))["wall_s"], 1)
+    if stage != L.DENSE:  # a recovered stage reports its variant's pruning, plus recovery
+        rounds = L.rounds(results, L.variant_of(stage), read_json)
         last = rounds[-1]
-        scoring = [read_json(p) for rd in rounds for v in rd.get("views", ("clean", "perturbed"))
-                   if (p := grads_json(results, variant, rd["round"], v)).exists() and last["score"] != "random"]
-        if last["score"] == "block_influence":
-            scoring.append(read_json(results / "base" / "block_influence.json"))
+        scoring = scoring_records(results, rounds)
+        own = sum(g["wall_s"] for rd in rounds for g in rd.get("gradients", {}).values())  # inside the rounds' time
         row.update({"method": last["method"], "score": last["score"], "ratio": round(last["achieved_ratio"], 4),
                     "removed_layers": " ".join(str(i) for i in last["removed_layers_so_far"]) or "-",
                     "kept_heads/channels": kept_compact(last.get("kept")),
                     "grads_s": round(sum(g["wall_s"] for g in scoring), 1),
-                    "prune_s": round(sum(r["wall_s"] for r in rounds), 1),
+                    "prune_s": round(sum(r["wall_s"] for r in rounds) - own, 1),
                     "prune_peak_mb": round(max(x.get("peak_mem_mb", 0.0) for x in [*rounds, *scoring]), 1)})
-    if stage.endswith(RECOVERED):
+    if L.is_recovered(stage):
         rec = read_json(results / stage / "recovery.json")
         row.update(recover_steps=rec["total_steps"], recover_val_loss=round(rec["best_val_loss"], 4),
                    recover_s=round(rec["wall_s"], 1))
@@ -98,11 +110,11 @@ def stage_row(results: Path, stage: str, with_tasks: bool = False, eff_ref: str 
 
 def run(results: Path, stages: list[str], with_tasks: bool = False,
         with_efficiency: bool = False) -> tuple[str, str]:
-    eff_ref = next((s for s in stages if s != "base" and not s.endswith(RECOVERED)), None) if with_efficiency else None
+    eff_ref = next((s for s in stages if s != L.DENSE and not L.is_recovered(s)), None) if with_efficiency else None
     rows = [stage_row(results, s, with_tasks, eff_ref) for s in stages]
     cols = list(dict.fromkeys(k for r in rows for k in r))
     tsv = "\t".join(cols) + "\n" + "".join("\t".join(str(r.get(c, "")) for c in cols) + "\n" for r in rows)
-    prep, calib = read_json(results / "base" / "model.json"), read_json(results / "calibration" / "calibration.json")
+    prep, calib = read_json(results / L.DENSE / "model.json"), read_json(results / "calibration" / "calibration.json")
     md = ["# PIP pruning summary", "",
           f"Model `{prep['source']}` ({prep['num_layers']} layers, {prep['params_total'] / 1e6:.2f}M params); "
           f"calibration {calib['n_samples']} × {calib['seq_len']} tokens, achieved edit rate "

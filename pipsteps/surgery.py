@@ -155,6 +155,25 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", dty
     return (model if device_map is not None else model.to(device)).eval()
 
 
+def load_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype | None = None,
+               device_map: str | None = None):
+    """Load a (possibly pruned) model directory written by this project. Never unpickles.
+
+    `device_map` (auto, balanced, sequential, …) shards the layers over the GPUs of the node instead of putting
+    the whole model on `device`; it is ignored, with a warning, when `device` is the CPU.
+    """
+    if device_map and torch.device(device).type != "cuda":
+        log.warning("compute.device_map=%s ignored: the model runs on the CPU", device_map)
+        device_map = None
+    return load_pruned(path, device=device, dtype=dtype, device_map=device_map)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def _load_width(path: Path, manifest: dict[str, Any], device: torch.device | str, dtype: torch.dtype | None,
                 attn_implementation: str | None, device_map: str | dict | None) -> nn.Module:
     """Width-pruned weights: build the model from config.json on the meta device, slice it to the manifest's

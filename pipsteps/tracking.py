@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pipsteps import cli
+from pipsteps import layout as L
 from pipsteps.io import PipError, write_json
 
 log = logging.getLogger("pipsteps.tracking")
@@ -48,13 +49,13 @@ def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 def parent_of(rel: Path) -> str:
     """`dense` for shared steps, else the variant `unit/method/rRATIO` the record belongs to."""
     parts = rel.parts
-    return "dense" if parts[0] in ("base", "calibration") else "/".join(parts[:3])
+    return "dense" if parts[0] in (L.DENSE, "calibration") else "/".join(parts[:3])
 
 
 def job_name(rel: Path) -> str:
     """A readable child-run name from the record path, e.g. `round_2/prune`, `grads_clean`, `eval/metrics`."""
     parts = list(rel.with_suffix("").parts)
-    parts = parts[3:] if parts[0] not in ("base", "calibration") else parts
+    parts = parts[3:] if parts[0] not in (L.DENSE, "calibration") else parts
     return "/".join(parts) or rel.stem
 
 
@@ -87,10 +88,8 @@ def to_mlflow(record: dict[str, Any]) -> tuple[dict[str, str], dict[str, float],
 
 def artifacts_for(results: Path, parent: str) -> list[Path]:
     files = [results / "summary.tsv", results / "summary.md", *sorted((results / "plots").glob("*.png"))]
-    if parent != "dense":
-        rounds = sorted((results / parent).glob("round_*/model/pruning_manifest.json"),
-                        key=lambda p: int(p.parent.parent.name.split("_")[1]))
-        files += rounds[-1:]
+    if parent != "dense":  # the variant's final model's manifest
+        files.append(results / L.model(parent) / "pruning_manifest.json")
     return [f for f in files if f.exists()]
 
 

@@ -33,6 +33,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from pipsteps.errors import PipError
+
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 STANDARD_FILES = {"boolq": "boolq/val.jsonl", "piqa": "piqa/valid.jsonl",
                   "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2", "winogrande": "winogrande/dev.derived.jsonl",
@@ -47,9 +49,7 @@ AVERAGE_RULE = ("mean over the evaluated tasks of one accuracy each: acc_norm fo
 
 
 def _error(msg: str) -> Exception:
-    """A PipError (one-line user error); pipsteps.io imports torch, so it is imported only when needed."""
-    from pipsteps.io import PipError
-
+    """A PipError: a one-line user error."""
     return PipError(msg)
 
 

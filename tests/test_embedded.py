@@ -13,13 +13,13 @@ from pipsteps.calibration import CalibConfig
 from pipsteps.calibration import run as calibrate
 from pipsteps.evaluate import EvalConfig
 from pipsteps.evaluate import run as evaluate
-from pipsteps.gradients import GradConfig
+from pipsteps.grads import GradConfig
 from pipsteps.gradients import run as gradients
-from pipsteps.io import load_model
 from pipsteps.plan import PlanConfig
 from pipsteps.plan import run as plan
 from pipsteps.prune import PruneConfig
 from pipsteps.prune import run as prune
+from pipsteps.surgery import load_model
 
 pytestmark = pytest.mark.slow
 

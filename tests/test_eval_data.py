@@ -17,7 +17,7 @@ import torch
 from conftest import FIXTURES, SHARED_DATA
 from pipsteps.evaluate import EvalConfig
 from pipsteps.evaluate import run as evaluate
-from pipsteps.io import load_model, load_tokenizer
+from pipsteps.surgery import load_model, load_tokenizer
 from pipsteps.textdata import read_rows
 
 WIKITEXT = {"name": "wikitext2", "source": str(SHARED_DATA / "wikitext2/test.txt"), "format": "wikitext"}

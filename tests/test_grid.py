@@ -68,7 +68,8 @@ def test_dry_run_computes_the_dense_gradients_once_for_every_variant(grid):
 def test_every_variant_has_its_outputs(grid):
     workdir, _ = grid
     r = workdir / "results"
-    # the dense gradients are kept (shared by every gradient-based variant); later rounds' are temporary
+    # the dense gradients are kept (shared by every gradient-based variant); later rounds take theirs in their own
+    # job, in a temporary directory
     assert sorted(str(p.relative_to(r)) for p in r.rglob("grads_*.safetensors")) == [
         "base/grads_clean.safetensors", "base/grads_perturbed.safetensors"]
     for v in VARIANTS:
@@ -78,9 +79,10 @@ def test_every_variant_has_its_outputs(grid):
         assert last["achieved_ratio"] >= 0.2 and math.isfinite(
             json.loads((r / v / "eval/metrics.json").read_text())["ppl"]["heldout"]["16"])
         assert (workdir / "benchmarks/prune_round" / v / "round_1.tsv").exists()
-    # round 2 of width PIP took the gradients of the width-pruned (heterogeneous) round-1 model
-    g2 = json.loads((r / "width/pip/r0.2/round_2/grads_clean.json").read_text())
-    assert g2["config"]["round"] == 2 and len(g2["grad_norm_per_layer"]) == 6 and math.isfinite(g2["loss"])
+    # round 2 of width PIP took the gradients of the width-pruned (heterogeneous) round-1 model, in its own job
+    g2 = json.loads((r / "width/pip/r0.2/round_2/round.json").read_text())["gradients"]["clean"]
+    assert len(g2["grad_norm_per_layer"]) == 6 and math.isfinite(g2["loss"])
+    assert not list(workdir.glob("logs/collect_round_gradients"))
     bi = json.loads((r / "base/block_influence.json").read_text())["scores"]
     removed = json.loads((r / "depth/block_influence/r0.2/round_1/round.json").read_text())["removed"]
     assert sorted(x["orig_index"] for x in removed) == sorted(sorted(range(6), key=lambda i: bi[i])[:2])
@@ -120,8 +122,8 @@ def test_width_models_load_with_load_pruned_and_have_fewer_parameters(grid):
     dense = count_params(load_pruned(r / "base/model"))["total"]
     ids = torch.randint(4, 512, (1, 12), generator=torch.Generator().manual_seed(0))
     for v in ("width/pip/r0.2", "width/random/r0.2"):
-        model = load_pruned(r / v / "round_2/model")
-        manifest = json.loads((r / v / "round_2/model/pruning_manifest.json").read_text())
+        model = load_pruned(r / v / "model")
+        manifest = json.loads((r / v / "model/pruning_manifest.json").read_text())
         assert count_params(model)["total"] < dense
         assert layer_shapes(model) == [(len(e["kept_heads"]), len(e["kept_kv_heads"]), len(e["kept_channels"]))
                                        for e in manifest["width"]["layers"]]
@@ -138,9 +140,8 @@ def test_changing_one_method_setting_reruns_only_that_variant(grid):
     stages = {f"{w['unit']}/{w['method']}/r{w['ratio']}" if "unit" in w else w.get("where", w.get("stage", ""))
               for _, w in jobs} - {""}
     assert {s.split("/round_")[0] for s in stages} == {"width/pip/r0.2"}, jobs
-    assert sorted(r for r, _ in jobs) == sorted(["prune_round", "prune_round", "collect_round_gradients",
-                                                 "collect_round_gradients", "evaluate_ppl", "summarize",
-                                                 "plot_results"]), jobs
+    assert sorted(r for r, _ in jobs) == sorted(["prune_round", "prune_round", "final_model", "evaluate_ppl",
+                                                 "summarize", "plot_results"]), jobs
     cfg = grid_config()
     cfg["prune"]["seed"] = 3  # the random method's seed: only the random variants
     (workdir / "alt.yaml").write_text(yaml.safe_dump(cfg))

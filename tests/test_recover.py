@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import E2E, REPO, snakemake
 from safetensors.torch import load_file
 
-from conftest import E2E, REPO, snakemake
-from pipsteps.io import load_model, load_tokenizer
 from pipsteps.recover import RecoverConfig, attach, run, train
 from pipsteps.recovery_data import build_examples, split_examples
-from pipsteps.surgery import read_manifest, remove_layers, save_pruned
+from pipsteps.surgery import load_model, load_tokenizer, read_manifest, remove_layers, save_pruned
 from pipsteps.tiny import tiny_model, tiny_tokenizer
 
 IDS = torch.randint(4, 512, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -222,7 +221,7 @@ def test_workflow_recovers_resumes_after_a_kill_and_summarises_the_recovered_sta
     assert rec["total_steps"] == 6 and rec["format"] == "text" and len(rec["history"]["train"]) == 6
     assert (r / "recovered/loss.png").exists() and not list(workdir.glob("results/**/checkpoint"))
     manifest = json.loads((r / "recovered/model/pruning_manifest.json").read_text())
-    assert manifest["removed_layers"] == json.loads((r / "round_2/model/pruning_manifest.json").read_text())[
+    assert manifest["removed_layers"] == json.loads((r / "model/pruning_manifest.json").read_text())[
         "removed_layers"] and manifest["recovery"]["steps"] == 6
     rows = [line.split("\t") for line in (workdir / "results/summary.tsv").read_text().splitlines()]
     assert [row[0] for row in rows[1:]] == ["dense", "depth/pip/r0.2", "depth/pip/r0.2/recovered",

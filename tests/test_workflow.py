@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,24 +63,59 @@ def test_every_output_exists_and_metrics_are_finite(run_dir):
         assert plan["rounds"] == 2  # tiny model: 2 of 6 layers reach 20% of the parameters
         last = json.loads((r / f"depth/{method}/r0.2/round_2/round.json").read_text())
         assert last["achieved_ratio"] >= 0.2 and last["layers_left"] == 4
-        manifest = json.loads((r / f"depth/{method}/r0.2/round_2/model/pruning_manifest.json").read_text())
+        manifest = json.loads((r / f"depth/{method}/r0.2/model/pruning_manifest.json").read_text())
         assert manifest["removed_layers"] == last["removed_layers_so_far"] and len(manifest["kept_layers"]) == 4
         assert all(math.isfinite(s["score"]) for s in last["layer_scores"] if s["score"] is not None)
-    # later rounds' gradients are temporary (consumed by their prune round, then removed); the dense model's are
-    # kept, shared by every gradient-based variant
-    assert sorted(str(p.relative_to(r)) for p in r.rglob("grads_*.safetensors")) == [
-        "base/grads_clean.safetensors", "base/grads_perturbed.safetensors"]
-    assert (r / "base/grads_clean.json").exists() and (r / "depth/pip/r0.2/round_2/grads_perturbed.json").exists()
+        # round models are temporary: only the variant's final model stays
+        assert not list((r / f"depth/{method}/r0.2").glob("round_*/model"))
+    # a later round takes its gradients in its own job, in a temporary directory; the dense model's are kept,
+    # shared by every gradient-based variant
+    assert sorted(str(p.relative_to(r)) for p in r.rglob("grads_*")) == [
+        "base/grads_clean.json", "base/grads_clean.safetensors", "base/grads_perturbed.json",
+        "base/grads_perturbed.safetensors"]
+    own = json.loads((r / "depth/pip/r0.2/round_2/round.json").read_text())["gradients"]
+    assert set(own) == {"clean", "perturbed"} and all(math.isfinite(g["loss"]) for g in own.values())
+    assert json.loads((r / "depth/random/r0.2/round_2/round.json").read_text())["gradients"] == {}
+    assert not list(run_dir.glob("logs/collect_round_gradients"))
     summary = (r / "summary.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in summary[1:]] == ["dense", "depth/pip/r0.2", "depth/random/r0.2"]
     assert "removed layer(s)" in (run_dir / "logs/prune_round/depth/pip/r0.2/round_2.log").read_text()
     assert (run_dir / "benchmarks/prune_round/depth/pip/r0.2/round_2.tsv").read_text().startswith("s\t")
 
 
+def test_one_job_per_round(run_dir):
+    """Each round is one prune_round job (round 2 took its own gradients); only the dense gradients are a job."""
+    log = max((run_dir / ".snakemake/log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime).read_text()
+    table = log.split("Job stats:", 1)[1].split("total", 1)[0]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    assert jobs["collect_gradients"] == 2 and "collect_round_gradients" not in jobs
+    done = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log)
+    assert done.count("prune_round") == 4 and done.count("final_model") == 2  # 2 variants × 2 rounds
+
+
+def test_kept_round_models_and_gradients_give_the_same_model(run_dir, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work, symlinks=True)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["prune"]["keep_round_models"] = True
+    cfg["gradients"] = {"keep": True}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(work, "results/depth/pip/r0.2/model")
+    v = work / "results/depth/pip/r0.2"
+    assert (v / "round_1/model").is_dir() and (v / "round_2/model").is_dir()
+    assert sorted(p.name for p in (v / "round_2").glob("grads_*")) == ["grads_clean.safetensors",
+                                                                       "grads_perturbed.safetensors"]
+    assert not list(v.glob("round_1/grads_*"))  # round 1 read the dense model's
+    ref = run_dir / "results/depth/pip/r0.2/model"
+    for name in ("pruning_manifest.json", "model.safetensors"):
+        assert (v / "model" / name).read_bytes() == (ref / name).read_bytes(), name
+    assert (v / "model/model.safetensors").stat().st_ino == (v / "round_2/model/model.safetensors").stat().st_ino
+
+
 def test_pruned_model_loads_with_plain_from_pretrained(run_dir):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "results/depth/pip/r0.2/round_2/model")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "results/depth/pip/r0.2/model")
     assert model.config.num_hidden_layers == 4
 
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipsteps.ablation import skip_losses
-from pipsteps.block_influence import block_influence
-from pipsteps.gradients import GradConfig, collect
+from pipsteps.ablation import block_influence
+from pipsteps.grads import GradConfig, collect
 from pipsteps.io import PipError
 from pipsteps.plan import PlanConfig
 from pipsteps.plan import run as plan

@@ -18,11 +18,13 @@ from safetensors.torch import save_file
 
 from pipsteps.io import PipError, atomic_outputs, open_safetensors
 
-# Runs a step's main with one of its functions replaced by a SIGKILL of the process (a preempted node).
+# Runs a step's main with one function (of the step, or `module.function` of another pipsteps module) replaced by a
+# SIGKILL of the process (a preempted node).
 KILLER = """
 import os, signal, sys, importlib
 step = importlib.import_module("pipsteps." + sys.argv[1])
-setattr(step, sys.argv[2], lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+where, name = sys.argv[2].rsplit(".", 1) if "." in sys.argv[2] else (sys.argv[1], sys.argv[2])
+setattr(importlib.import_module("pipsteps." + where), name, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
 step.main(sys.argv[3:])
 """
 
@@ -44,7 +46,7 @@ def calib(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kill_in", ["layer_norms", "write_json"])  # computing the metrics / writing the JSON
+@pytest.mark.parametrize("kill_in", ["grads.layer_norms", "write_json"])  # computing the metrics / writing the JSON
 def test_gradient_step_killed_before_its_metrics_leaves_no_final_output(kill_in, tiny_dir, calib, tmp_path):
     out = tmp_path / "grads" / "grads_clean.safetensors"
     metrics = tmp_path / "grads" / "grads_clean.json"

@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipsteps.gradients import GradConfig, collect, layer_of
-from pipsteps.io import PipError, load_model, resolve_device
+from pipsteps.grads import GradConfig, collect, layer_of
+from pipsteps.io import PipError, resolve_device
 from pipsteps.scores import DEPTH_SCORES, depth_scores, layer_stats
-from pipsteps.surgery import load_pruned
+from pipsteps.surgery import load_model, load_pruned
 from pipsteps.tiny import tiny_model
 
 HAS_CUDA = torch.cuda.is_available()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipsteps.guided import AuxScorer, candidates, choose_edits, edit_score
-from pipsteps.io import load_model, load_tokenizer
 from pipsteps.perturb import apply_edits, one_edit_variants
+from pipsteps.surgery import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from pipsteps.block_influence import block_influence
-from pipsteps.gradients import GradConfig, collect
+from pipsteps.ablation import block_influence
+from pipsteps.grads import GradConfig, collect
 from pipsteps.io import PipError, count_params, write_json
 from pipsteps.plan import PlanConfig, base_method
 from pipsteps.plan import run as plan

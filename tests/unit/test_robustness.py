@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from pipsteps.gradients import GradConfig, collect, load_ids
+from pipsteps.grads import GradConfig, collect, load_ids
 from pipsteps.io import PipError, write_json
 from pipsteps.prepare_model import PrepareConfig
 from pipsteps.prepare_model import run as prepare

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipsteps.gradients import GradConfig, check_finite, collect, paired_sq_diff
+from pipsteps.grads import GradConfig, check_finite, collect, paired_sq_diff
 from pipsteps.io import PipError
 from pipsteps.scores import DEPTH_SCORES, depth_scores, layer_stats
 from pipsteps.tiny import tiny_model

@@ -3,7 +3,7 @@
 rule measure_efficiency:
     input:
         dense="results/base/model",
-        pruned=stage_model,
+        pruned=P.stage_model,
         code=step_code("efficiency"),
     output:
         efficiency="results/{stage}/eval/efficiency.json",
@@ -23,7 +23,7 @@ rule measure_efficiency:
         new_tokens=lookup(dpath="eval/efficiency/new_tokens", within=config),
         batch_sizes=lookup(dpath="eval/efficiency/batch_sizes", within=config),
         repeats=lookup(dpath="eval/efficiency/repeats", within=config),
-        compute=compute_flags(),
+        compute=P.compute_flags(),
     shell:
         "python -m pipsteps.efficiency --prompt-len {params.prompt_len} --new-tokens {params.new_tokens}"
         " --batch-sizes {params.batch_sizes} --repeats {params.repeats}"

@@ -1,6 +1,6 @@
 rule evaluate_ppl:
     input:
-        model=stage_model,
+        model=P.stage_model,
         code=step_code("evaluate"),
     output:
         metrics="results/{stage}/eval/metrics.json",
@@ -16,11 +16,11 @@ rule evaluate_ppl:
         mem_mb=16000,
         runtime="2h",
     params:
-        datasets=eval_datasets_json(),
+        datasets=P.eval_datasets_json(),
         seq_lens=lookup(dpath="eval/seq_lens", within=config),
         max_tokens=lookup(dpath="eval/max_tokens", within=config),
         batch_tokens=lookup(dpath="eval/batch_tokens", within=config),
-        compute=compute_flags(),
+        compute=P.compute_flags(),
     shell:
         "python -m pipsteps.evaluate --datasets {params.datasets:q} --seq-lens {params.seq_lens}"
         " --max-tokens {params.max_tokens} --batch-tokens {params.batch_tokens}"

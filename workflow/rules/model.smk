@@ -16,7 +16,7 @@ rule prepare_model:
     params:
         source=lookup(dpath="model/source", within=config),
         dtype=lookup(dpath="model/dtype", within=config),
-        revision=optional("model.revision"),
+        revision=P.optional("model.revision"),
         trust=lookup(dpath="model/trust_remote_code", within=config),
     shell:
         "python -m pipsteps.prepare_model --source {params.source:q} --dtype {params.dtype}"
@@ -40,7 +40,7 @@ checkpoint plan_rounds:
         mem_mb=16000,
         runtime="10m",
     params:
-        flags=plan_flags,
+        flags=P.plan_flags,
     shell:
         "python -m pipsteps.plan --unit {wildcards.unit} --method {wildcards.method}"
         " --target-ratio {wildcards.ratio} {params.flags}"

@@ -18,7 +18,7 @@ def _check_aux_model():
         raise WorkflowError(
             f"perturbation.aux_model: unknown embedded model {src!r} (available: embedded:smollm2)"
         )
-    if _is_local(src) and not Path(src).expanduser().is_dir():
+    if is_local(src) and not Path(src).expanduser().is_dir():
         raise WorkflowError(f"perturbation.aux_model: model path does not exist: {src}")
     if p["draws"] != 1:
         raise WorkflowError(

@@ -2,11 +2,11 @@
 # merged and saved as the stage {unit}/{method}/r{ratio}/recovered, which evaluate_ppl evaluates like any other.
 # The resumable checkpoint directory is deliberately not an output: Snakemake would delete it before a rerun,
 # and a rerun of a killed job must continue from it. pipsteps.recover removes it once every output is in place.
-if recovery_enabled():
+if P.recovery_enabled():
 
     rule recover_lora:
         input:
-            model=final_round_model,
+            model="results/{unit}/{method}/r{ratio}/model",
             code=step_code("recover"),
         output:
             model=directory("results/{unit}/{method}/r{ratio}/recovered/model"),
@@ -27,7 +27,7 @@ if recovery_enabled():
         params:
             source=lookup(dpath="recovery/source", within=config),
             format=lookup(dpath="recovery/format", within=config),
-            dataset_config=optional("recovery.dataset_config"),
+            dataset_config=P.optional("recovery.dataset_config"),
             split=lookup(dpath="recovery/split", within=config),
             text_field=lookup(dpath="recovery/text_field", within=config),
             max_examples=lookup(dpath="recovery/max_examples", within=config),
@@ -48,7 +48,7 @@ if recovery_enabled():
             eval_steps=lookup(dpath="recovery/eval_steps", within=config),
             save_steps=lookup(dpath="recovery/save_steps", within=config),
             seed=lookup(dpath="recovery/seed", within=config),
-            compute=compute_flags(),
+            compute=P.compute_flags(),
             checkpoint=lambda wildcards: f"{variant_dir(wildcards)}/recovered/checkpoint",
         shell:
             "python -m pipsteps.recover --source {params.source:q} --format {params.format:q}"

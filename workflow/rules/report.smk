@@ -4,7 +4,7 @@
 rule plot_results:
     input:
         summary="results/summary.tsv",
-        plans=expand("results/{stage}/plan.json", stage=variants()),
+        plans=expand("results/{stage}/plan.json", stage=P.variants()),
         model="results/base/model.json",
         code=step_code("plots"),
     output:
@@ -14,11 +14,11 @@ rule plot_results:
                 caption=f"../report/{name}.rst",
                 category="Pruning",
             )
-            for name in score_plots()
+            for name in P.score_plots()
         },
         **(
             {"width_data": "results/plots/width_scores.tsv"}
-            if "width_scores" in score_plots()
+            if "width_scores" in P.score_plots()
             else {}
         ),
         removed_layers=report(
@@ -46,7 +46,7 @@ rule plot_results:
         mem_mb=2000,
         runtime="10m",
     params:
-        variants=variants(),
+        variants=P.variants(),
         scores=lambda wildcards, output: " ".join(
             f"--{k.replace('_', '-')} {getattr(output, k)}"
             for k in ("layer_scores", "width_scores", "width_data")
@@ -61,7 +61,7 @@ rule plot_results:
 
 rule plot_latency:
     input:
-        efficiency=efficiency_outputs(),
+        efficiency=P.efficiency_outputs(),
         code=step_code("plots"),
     output:
         png=report(

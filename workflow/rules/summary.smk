@@ -3,13 +3,13 @@
 # jobs as the final models the evaluations consume.
 rule summarize:
     input:
-        evals=expand("results/{stage}/eval/metrics.json", stage=all_stages()),
-        tasks=zeroshot_outputs(),
-        plans=expand("results/{stage}/plan.json", stage=variants()),
-        first_rounds=first_rounds(),
-        recoveries=expand("results/{stage}/recovery.json", stage=recovered_stages()),
-        recovered_tasks=recovered_task_outputs(),
-        efficiency=efficiency_outputs(),
+        evals=expand("results/{stage}/eval/metrics.json", stage=P.all_stages()),
+        tasks=P.zeroshot_outputs(),
+        plans=expand("results/{stage}/plan.json", stage=P.variants()),
+        first_rounds=P.first_rounds(),
+        recoveries=expand("results/{stage}/recovery.json", stage=P.recovered_stages()),
+        recovered_tasks=P.recovered_task_outputs(),
+        efficiency=P.efficiency_outputs(),
         model="results/base/model.json",
         calibration="results/calibration/calibration.json",
         code=step_code("summarize"),
@@ -27,9 +27,9 @@ rule summarize:
         mem_mb=2000,
         runtime="10m",
     params:
-        stages=all_stages(),
-        with_tasks="--with-tasks" if tasks_cfg()["enabled"] else "",
-        with_efficiency="--with-efficiency" if efficiency_cfg()["enabled"] else "",
+        stages=P.all_stages(),
+        with_tasks="--with-tasks" if P.tasks_cfg()["enabled"] else "",
+        with_efficiency="--with-efficiency" if P.efficiency_cfg()["enabled"] else "",
     shell:
         "python -m pipsteps.summarize --results results --stages {params.stages}"
         " {params.with_tasks} {params.with_efficiency} --tsv {output.tsv} --md {output.md}"

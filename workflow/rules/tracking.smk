@@ -3,7 +3,7 @@
 rule track_mlflow:
     input:
         summary="results/summary.tsv",
-        plots=plot_targets(),  # logged as artifacts of the parent runs
+        plots=P.plot_targets(),  # logged as artifacts of the parent runs
         code=step_code("tracking"),
     output:
         status="results/mlflow/tracking.json",
@@ -18,8 +18,8 @@ rule track_mlflow:
         mem_mb=2000,
         runtime="15m",
     params:
-        uri=tracking_uri(),
-        experiment=tracking_experiment(),
+        uri=P.tracking_uri(),
+        experiment=P.tracking_experiment(),
     shell:
         "python -m pipsteps.tracking import --results results --tracking-uri {params.uri:q}"
         " --experiment {params.experiment:q} --out {output.status} > {log} 2>&1"

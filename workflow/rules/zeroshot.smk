@@ -1,9 +1,9 @@
 # Zero-shot accuracy (lm-eval, 0-shot) of the dense model and every variant; only when eval.tasks.enabled.
 rule evaluate_tasks:
     input:
-        model=stage_model,
+        model=P.stage_model,
         code=step_code("zeroshot"),
-        files=local_inputs(task_files()),
+        files=local_inputs(P.task_files()),
     output:
         metrics="results/{stage}/eval/tasks.json",
     log:
@@ -19,10 +19,10 @@ rule evaluate_tasks:
         runtime="4h",
     params:
         tasks=lookup(dpath="eval/tasks/names", within=config),
-        limit=tasks_limit_json(),
-        files=task_files_json(),
+        limit=P.tasks_limit_json(),
+        files=P.task_files_json(),
         batch_size=lookup(dpath="eval/tasks/batch_size", within=config),
-        compute=compute_flags(),
+        compute=P.compute_flags(),
     shell:
         "python -m pipsteps.zeroshot --tasks {params.tasks:q} --limit {params.limit:q}"
         " --files {params.files:q} --batch-size {params.batch_size}"
