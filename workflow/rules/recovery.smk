@@ -49,7 +49,7 @@ if P.recovery_enabled():
             save_steps=lookup(dpath="recovery/save_steps", within=config),
             seed=lookup(dpath="recovery/seed", within=config),
             compute=P.compute_flags(),
-            checkpoint=lambda wildcards: f"{variant_dir(wildcards)}/recovered/checkpoint",
+            checkpoint=lambda wildcards: f"{P.variant_dir(wildcards)}/recovered/checkpoint",
         shell:
             "python -m pipsteps.recover --source {params.source:q} --format {params.format:q}"
             " --dataset-config {params.dataset_config:q} --split {params.split:q}"
