@@ -84,7 +84,8 @@ def test_every_output_exists_and_metrics_are_finite(run_dir):
 
 def test_one_job_per_round(run_dir):
     """Each round is one prune_round job (round 2 took its own gradients); only the dense gradients are a job."""
-    log = max((run_dir / ".snakemake/log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime).read_text()
+    # the fixture's complete run is the first Snakemake call in this directory (other tests run more in it later)
+    log = min((run_dir / ".snakemake/log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime).read_text()
     table = log.split("Job stats:", 1)[1].split("total", 1)[0]
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
     assert jobs["collect_gradients"] == 2 and "collect_round_gradients" not in jobs
