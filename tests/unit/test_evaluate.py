@@ -55,7 +55,7 @@ def test_capped_length_is_stored_under_the_length_used(tiny_dir, tmp_path):
     import json
     import shutil
 
-    from pipsteps.io import load_model, load_tokenizer
+    from pipsteps.surgery import load_model, load_tokenizer
     from pipsteps.textdata import read_rows
 
     model_dir = tmp_path / "model"

@@ -70,7 +70,7 @@ def test_malformed_layer_lists_are_refused(model_dir, changes, message):
 
 
 def test_a_valid_pruned_manifest_still_loads(model_dir):
-    from pipsteps.io import load_tokenizer
+    from pipsteps.surgery import load_tokenizer
     from pipsteps.surgery import remove_layers, save_pruned
 
     model = load_pruned(model_dir)
