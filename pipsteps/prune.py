@@ -201,9 +201,9 @@ def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
 
 def _prune(cfg: PruneConfig, model, model_dir: Path, plan: dict[str, Any], unit: str, name: str,
            grads: dict[str, Path | None], calib: dict[str, Path | None], influence: Path | None,
-           calibration_hash: str, out: Path) -> tuple[dict[str, Any], dict, dict[str, int], dict[str, int]]:
-    """Score and remove in place, then save the pruned model; returns (round fields, manifest, params before,
-    params after)."""
+           calibration_hash: str, out: Path) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
+    """Score and remove in place, then save the pruned model; returns (round fields, params before, params
+    after)."""
     manifest = read_manifest(model_dir)
     before = count_params(model)
     if unit == "width":
@@ -214,7 +214,7 @@ def _prune(cfg: PruneConfig, model, model_dir: Path, plan: dict[str, Any], unit:
     manifest.update(unit=unit, method=cfg.method, score=name, target_ratio=plan["target_ratio"],
                     seed=seed_of(cfg), calibration_hash=calibration_hash)
     save_pruned(model, load_tokenizer(model_dir), out, manifest)
-    return fields, manifest, before, after
+    return fields, before, after
 
 
 def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
@@ -251,7 +251,7 @@ def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
         else:
             model = load_model(model_dir, device="cpu")
         with torch.no_grad():
-            fields, manifest, before, after = _prune(cfg, model, model_dir, plan, unit, name, grads, calib, influence,
+            fields, before, after = _prune(cfg, model, model_dir, plan, unit, name, grads, calib, influence,
                                                      calibration_hash, out)
         if keep_grads is not None:
             keep_grads.mkdir(parents=True, exist_ok=True)

@@ -177,9 +177,8 @@ class RunPlan:
     def grad_calib(wildcards) -> dict[str, str]:
         """The calibration view a dense gradient file is taken on; the per-sample view psdiff pairs the clean
         windows with their perturbations (pipsteps.gradients --paired)."""
-        if wildcards.view == "psdiff":
-            return {"calib": R(L.calib_view("clean")), "paired": R(L.calib_view("perturbed"))}
-        return {"calib": R(L.calib_view(wildcards.view))}
+        src, paired = methods.GRAD_SOURCES[wildcards.view]
+        return {"calib": R(L.calib_view(src)), **({"paired": R(L.calib_view(paired))} if paired else {})}
 
     @staticmethod
     def paired_flag(wildcards, input) -> str:
