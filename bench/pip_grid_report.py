@@ -12,11 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-PIP = ("pip", "pip_oneshot")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pipsteps (torch-free registry)
+from pipsteps.methods import PIP_METHODS  # noqa: E402
 
 
 def is_pip(method: str) -> bool:
-    return method.split(" ")[0].split("-")[0] in PIP  # "pip-fisher_diff", "pip [perturbation.draws=4]"
+    return method.split(" ")[0].split("-")[0] in PIP_METHODS  # "pip-fisher_diff", "pip [perturbation.draws=4]"
 
 
 def cell(s: dict | None, digits: int = 1, scale: float = 1.0) -> str:

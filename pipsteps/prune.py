@@ -63,8 +63,7 @@ class PruneConfig(GradConfig):
 
 
 def score_name(cfg: PruneConfig) -> str:
-    method, explicit, _ = methods.parse(cfg.method)
-    return (explicit or cfg.score) if method in methods.PIP_METHODS else method
+    return methods.score_of(cfg.method, cfg.score)
 
 
 def seed_of(cfg: PruneConfig) -> int:
@@ -121,7 +120,7 @@ def forward_scores(name: str, model, calib: dict[str, Path | None], views: tuple
         raise PipError(f"{cfg.method} ({name}) needs the {' and '.join(missing)} calibration view(s) (--calib-…)")
     model.to(resolve_device(cfg.device, require_gpu=cfg.require_gpu))
     try:
-        if name == "block_influence_iter":
+        if methods.SCORES[name].kind == "influence":
             return block_influence(model, load_ids(calib["clean"]), cfg.micro_batch)[0]
         full, skipped = {}, {}
         for v in views:
@@ -141,16 +140,16 @@ def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, 
     candidates = list(range(plan["protect_first"], n - plan["protect_last"]))
     scores = None
     need = methods.needs("depth", cfg.method, cfg.score)
-    if need.influence:
+    if need.influence:  # the dense model's block influence, computed once
         if influence is None:
             raise PipError("method 'block_influence' needs the block influence JSON (--influence)")
         scores = read_json(influence)["scores"]
         if len(scores) != n:
             raise PipError(f"{influence} scores {len(scores)} layers, the model has {n}: it was computed on another "
                            "model (block influence is one-shot, from the dense model)")
-    elif need.calib:
+    elif need.calib:  # forward passes on the current model: ablation, or block influence every round
         scores = forward_scores(name, model, calib, need.calib, candidates, cfg)
-    elif name != "random":
+    elif methods.SCORES[name].kind == "gradient":
         scores = depth_scores(name, layer_stats(model, *_grad_files("depth", cfg, grads)))
     remove = choose(scores, candidates, k, random.Random(f"{seed_of(cfg)}:{cfg.round}"))
     orig = manifest["kept_layers"]

@@ -1,61 +1,25 @@
-"""Per-layer importance scores for depth pruning (docs/methods.md). Lowest score = pruned first.
-
-With D = G_clean − G_perturbed summed over all parameters of decoder layer i:
-
-    norm_diff    ‖D_i‖₂                                   (PIP, literal reading: PertImport)
-    rel_diff     ‖D_i‖₂ / ‖G_clean,i‖₂
-    cos_diff     1 − cos(G_clean,i, G_perturbed,i)
-    taylor_diff  Σ |W_i ⊙ D_i|
-    fisher_diff  Σ (W_i ⊙ D_i)²                           (Fisher-style squared difference)
-    noise_control  ‖G_clean,i − G_control,i‖₂              (control: a second clean batch in place of the
-                                                          perturbed view; does the perturbation add signal?)
-    fisher_ps    Σ W_i² ⊙ S_i,  S = mean_r (g_clean,⌊r/k⌋ − g_pert,r)²  (per-sample squared difference: the
-                                                          psdiff gradient file of pipsteps.gradients)
-    taylor       Σ |W_i ⊙ G_clean,i|                      (LLM-Pruner Element¹, clean view only)
-    taylor_sq    Σ (W_i ⊙ G_clean,i)²                     (squared first-order term, clean view only)
-    magnitude    ‖W_i‖₂
-
-Every gradient score is computed from one streaming pass over two cached gradient files (`layer_stats`).
-The forward-only scores read the calibration losses of the model with layer i skipped (pipsteps.ablation):
-with Lc = L(M, s), Lp = L(M, s̃), lc_i = L(M∖i, s), lp_i = L(M∖i, s̃) and gap = Lp − Lc,
-
-    sleb          lc_i                                    (SLEB: the smallest clean loss after removal)
-    gap_ablation  |(lp_i − lc_i) − gap|                   (the removal that least changes the views' loss gap)
-    pip_greedy    (lc_i − Lc) + (lp_i − Lp)               (loss increase on both views: perturbation-aware SLEB)
-    gap_greedy    (lc_i − Lc) + |(lp_i − lc_i) − gap|     (clean loss increase + gap change)
+"""Per-layer depth scores (docs/methods.md): the layer sums every gradient score reads, computed in one streaming
+pass over two cached gradient files (`layer_stats`), and the registry's formulas applied to them
+(pipsteps.methods.SCORES: `depth` from these sums, `ablation` from the skipped-layer losses of pipsteps.ablation).
+Lowest score = pruned first.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from pipsteps import methods
 from pipsteps.grads import layer_of
 from pipsteps.io import grad_tensor, open_safetensors
 
-Stats = dict[str, float]
-DEPTH_SCORES: dict[str, Callable[[Stats], float]] = {
-    "norm_diff": lambda s: math.sqrt(s["dd"]),
-    "rel_diff": lambda s: math.sqrt(s["dd"]) / max(math.sqrt(s["cc"]), 1e-30),
-    "cos_diff": lambda s: 1.0 - s["cp"] / max(math.sqrt(s["cc"] * s["pp"]), 1e-30),
-    "taylor_diff": lambda s: s["wd"],
-    "fisher_diff": lambda s: s["wd2"],
-    "noise_control": lambda s: math.sqrt(s["dd"]),  # layer_stats(model, clean, control)
-    "fisher_ps": lambda s: s["wps"],  # layer_stats(model, None, psdiff)
-    "taylor": lambda s: s["wc"],
-    "taylor_sq": lambda s: s["wc2"],
-    "magnitude": lambda s: math.sqrt(s["ww"]),
-}
+Stats = methods.Stats
+DEPTH_SCORES: dict[str, Callable[[Stats], float]] = {n: s.depth for n, s in methods.SCORES.items() if s.depth}
 ABLATION_SCORES: dict[str, Callable[[float, float, float, float], float]] = {  # (Lc, Lp, lc_i, lp_i)
-    "sleb": lambda Lc, Lp, lc, lp: lc,
-    "gap_ablation": lambda Lc, Lp, lc, lp: abs((lp - lc) - (Lp - Lc)),
-    "pip_greedy": lambda Lc, Lp, lc, lp: (lc - Lc) + (lp - Lp),
-    "gap_greedy": lambda Lc, Lp, lc, lp: (lc - Lc) + abs((lp - lc) - (Lp - Lc)),
-}
+    n: s.ablation for n, s in methods.SCORES.items() if s.ablation}
 
 
 def _sum(x: torch.Tensor) -> float:

@@ -1,29 +1,14 @@
 """Width importance scores per KV group and per MLP channel (docs/methods.md). Lowest score = pruned first.
 
-With D = G_clean − G_perturbed, summed over every element k of a group (pipsteps.width: a KV group = its q/k/v
-rows, biases and o_proj columns; a channel = its gate/up rows, biases and down_proj column):
-
-    taylor_diff  Σ_k |W_k · D_k|                    (PIP, default)
-    norm_diff    ‖D_group‖₂
-    taylor_gap   Σ_k |W_k · G_clean,k| + |W_k · D_k|  (clean-loss Taylor + perturbation sensitivity)
-    taylor_both  Σ_k |W_k · G_clean,k| + |W_k · G_pert,k|  (Taylor on both views)
-    vec_diff     |Σ_k W_k · D_k|                    (first-order change of the views' loss gap when the group goes)
-    fisher_diff  Σ_k (W_k · D_k)²                   (Fisher-style squared difference)
-    noise_control  Σ_k (W_k · (G_clean,k − G_control,k))²  (fisher_diff with a second clean batch, the control
-                                            view, in place of the perturbed one: does the perturbation matter?)
-    fisher_ps    Σ_k W_k² · S_k,  S = mean_r (g_clean,⌊r/k⌋ − g_pert,r)²  (per-sample squared difference, the
-                                            psdiff file: fisher_diff plus the spread of the per-sample differences)
-    taylor       Σ_k |W_k · G_clean,k|      (LLM-Pruner Element¹, clean view only)
-    taylor_sq    Σ_k (W_k · G_clean,k)²     (squared first-order term, clean view only)
-    magnitude    ‖W_group‖₂
-    random       seeded uniform
-
-The gradient files are the safetensors written by pipsteps.gradients, keyed by the model's parameter names.
+The registry's `width` formula (pipsteps.methods.SCORES) gives each parameter's elementwise term from W, G_clean and
+the second gradient file (perturbed; control for noise_control; the psdiff statistic for fisher_ps); it is summed
+over every element of a group (pipsteps.width: a KV group = its q/k/v rows, biases and o_proj columns; a channel =
+its gate/up rows, biases and down_proj column), then `post` applies (e.g. √ for a norm). `random` draws seeded
+uniform scores. The gradient files are the safetensors written by pipsteps.gradients, keyed by parameter names.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,28 +16,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pipsteps import methods
 from pipsteps.io import PipError, grad_tensor, open_safetensors
-from pipsteps.methods import WIDTH_SCORES as WIDTH_PIP
 from pipsteps.width import attn_shape
 
 T = torch.Tensor
 
 WIDTH_SCORES: dict[str, Callable[[T, T | None, T | None], T]] = {  # elementwise term, summed per group
-    "taylor_diff": lambda w, gc, gp: (w * (gc - gp)).abs(),  # Σ|W·D|
-    "norm_diff": lambda w, gc, gp: (gc - gp).square(),  # ‖D‖₂ = √ΣD²
-    "taylor_gap": lambda w, gc, gp: (w * gc).abs() + (w * (gc - gp)).abs(),  # Σ|W·Gc| + |W·D|
-    "taylor_both": lambda w, gc, gp: (w * gc).abs() + (w * gp).abs(),  # Σ|W·Gc| + |W·Gp|
-    "vec_diff": lambda w, gc, gp: w * (gc - gp),  # |ΣW·D|: signed terms, abs after the group sum
-    "fisher_diff": lambda w, gc, gp: (w * (gc - gp)).square(),  # Σ(W·D)²
-    "noise_control": lambda w, gc, gp: (w * (gc - gp)).square(),  # gp: the control view's gradients
-    "fisher_ps": lambda w, gc, gp: w.square() * gp,  # gp: the psdiff file, S = mean_r (g_c,⌊r/k⌋ − g_p,r)²
-    "taylor": lambda w, gc, gp: (w * gc).abs(),  # Σ|W·G_clean|
-    "taylor_sq": lambda w, gc, gp: (w * gc).square(),  # Σ(W·G_clean)²
-    "magnitude": lambda w, gc, gp: w.square(),  # ‖W‖₂ = √ΣW²
-}
-POST: dict[str, Callable[[float], float]] = {"norm_diff": math.sqrt, "magnitude": math.sqrt, "vec_diff": abs}
-NEEDS = {**{k: v.grads for k, v in WIDTH_PIP.items()}, "taylor": ("clean",), "taylor_sq": ("clean",), "magnitude": (),
-         "random": ()}
+    n: s.width for n, s in methods.SCORES.items() if s.width}
+POST: dict[str, Callable[[float], float]] = {n: s.post for n, s in methods.SCORES.items() if s.post}
+NEEDS = {n: s.needs.grads for n, s in methods.SCORES.items() if "width" in s.units}
 ROWS = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
         "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp"}  # a group is a contiguous block of output rows (+ bias)
 COLS = {"self_attn.o_proj.weight": "attn", "mlp.down_proj.weight": "mlp"}  # a block of input columns
@@ -92,6 +65,7 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
     """Group scores of every decoder layer from the cached gradient files (keys = the model's parameter names;
     `perturbed` is the second view's file: the control view for noise_control, the psdiff statistic for
     fisher_ps); `random` draws seeded uniform scores."""
+    random = score in NEEDS and methods.SCORES[score].kind == "random"
     if score not in NEEDS:
         raise PipError(f"unknown width score {score!r}; allowed: {', '.join(NEEDS)}")
     second = ("perturbed", "control", "psdiff")
@@ -112,12 +86,12 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
             if kind is None:
                 continue
             sizes[kind] += p.numel() // n_groups[kind]
-            if score == "random":
+            if random:
                 continue
             w = p.detach().float().cpu()
             g = {v: grad_tensor(f, files[v], f"model.layers.{i}.{tail}", w.shape) for v, f in handles.items()}
             sums[kind] += _group_sum(tail, WIDTH_SCORES[score](w, g.get("clean"), g.get("perturbed")), n_groups[kind])
-        if score == "random":
+        if random:
             sums = {k: torch.rand(n, generator=gen, dtype=torch.float64) for k, n in n_groups.items()}
         for k in n_groups:
             if not torch.isfinite(sums[k]).all():
