@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from pipsteps import cli
-from pipsteps.calibration import AUX_GENERATORS, CalibConfig, candidate_windows, check_config, load_text
+from pipsteps.calib_text import AUX_GENERATORS, CalibConfig, candidate_windows, check_config, load_text
 from pipsteps.guided import AuxScorer, Scored, choose_edits
 from pipsteps.io import PipError, atomic_path, resolve_device, resolve_dtype, set_threads
 from pipsteps.llm_edit import DEFAULT_PROMPT, rewrite, validate

@@ -4,8 +4,8 @@ test, the plots and the bench reports import it; the torch steps call the formul
 A score (SCORES) says what it reads and gives its formula, one line per unit; lowest score = pruned first:
 
 - `depth`: per decoder layer, from the layer sums of pipsteps.scores.layer_stats — with D = G_clean − G_perturbed:
-  dd=ΣD², cc=ΣG_c², pp=ΣG_p², cp=ΣG_c·G_p, wd=Σ|W·D|, wd2=Σ(W·D)², wc=Σ|W·G_c|, wc2=Σ(W·G_c)², ww=ΣW²,
-  wps=ΣW²·S (S: the psdiff statistic);
+  dd=ΣD², cc=ΣG_c², pp=ΣG_p², cp=ΣG_c·G_p, wd=Σ|W·D|, wd2=Σ(W·D)², wc=Σ|W·G_c|, wc2=Σ(W·G_c)²,
+  ww=ΣW², wps=ΣW²·S (S: the psdiff statistic);
 - `width`: the elementwise term of one parameter (W, G_clean, G_second) summed per KV group or MLP channel
   (pipsteps.width_scores), then `post` of the group sum; G_second is the perturbed view's gradient, the control
   view's for noise_control and the psdiff statistic for fisher_ps;
@@ -75,7 +75,8 @@ SCORES: dict[str, Score] = {
     # PIP scores from the two views' gradients
     "norm_diff": Score(CP, depth=lambda s: math.sqrt(s["dd"]), width=lambda w, gc, gp: (gc - gp).square(),
                        post=math.sqrt),  # ‖D‖₂ (PertImport, the paper's literal reading)
-    "rel_diff": Score(CP, depth=lambda s: math.sqrt(s["dd"]) / max(math.sqrt(s["cc"]), 1e-30)),  # ‖D‖₂ / ‖G_c‖₂
+    # ‖D‖₂ / ‖G_c‖₂
+    "rel_diff": Score(CP, depth=lambda s: math.sqrt(s["dd"]) / max(math.sqrt(s["cc"]), 1e-30)),
     "cos_diff": Score(CP, depth=lambda s: 1.0 - s["cp"] / max(math.sqrt(s["cc"] * s["pp"]), 1e-30)),  # 1 − cos
     "taylor_diff": Score(CP, depth=lambda s: s["wd"], width=lambda w, gc, gp: (w * (gc - gp)).abs()),  # Σ|W·D|
     "fisher_diff": Score(CP, depth=lambda s: s["wd2"], width=lambda w, gc, gp: (w * (gc - gp)).square()),  # Σ(W·D)²

@@ -1,16 +1,10 @@
 """Step: one pruning round. Score the structures, remove the lowest-scoring unprotected ones, save the model.
 
-Depth (whole decoder layers, pipsteps.scores): `pip` / `pip_oneshot` (a perturbation score: from the two gradient
-files, default `norm_diff` = PertImport ‖G_clean − G_pert‖₂, or forward-only from the loss of the model with each
-layer skipped, e.g. `pip_greedy`), `taylor`, `magnitude`, `random` (seeded per round), `block_influence` (ShortGPT,
-one-shot, read from the block influence step's JSON), `block_influence_iter` (the same score recomputed on the current
-model every round) and `sleb` (greedy: the layer whose removal raises the clean calibration loss least). The round
-reads how many layers to remove from the plan.
-
-Width (KV groups with their query heads and MLP channels, pipsteps.width / pipsteps.width_scores): `pip` /
-`pip_oneshot` (default `taylor_diff` = Σ|W·(G_clean − G_pert)| per group), `taylor`, `magnitude`, `random`.
-`local` ranking removes the plan's numbers of KV groups and channels, each type ranked on its own; `global`
-ranks both types together by per-parameter score until the round's parameter budget is spent. Every layer keeps
+The unit's interface (pipsteps.units) does the work: `score` (the registry's formula of the method's score,
+pipsteps.methods), `select` (the plan's budget for this round, lowest scores first, protected layers never) and
+`apply` (the surgery, recorded in the manifest). Depth removes whole decoder layers (pipsteps.unit_depth); width
+removes KV groups with their query heads and MLP channels (pipsteps.unit_width), `local` ranking each type on its
+own, `global` both together by per-parameter score until the round's parameter budget is spent; every layer keeps
 at least one KV group and one channel.
 
 Writes the pruned model (safetensors + config + pruning_manifest.json, loadable by pipsteps.surgery.load_pruned)
@@ -27,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -36,15 +29,12 @@ from typing import Any, Sequence
 
 import torch
 
-from pipsteps import cli, methods
-from pipsteps.ablation import block_influence, skip_losses
-from pipsteps.grads import GradConfig, load_for_grads, load_ids, write_view
+from pipsteps import cli, methods, units
+from pipsteps.grads import GradConfig, load_for_grads, write_view
 from pipsteps.io import (DTYPES, PipError, Timer, atomic_outputs, count_params, read_json, resolve_device, set_threads,
                          write_json)
-from pipsteps.scores import ablation_scores, depth_scores, layer_stats
-from pipsteps.surgery import decoder_layers, load_model, load_tokenizer, read_manifest, remove_layers, save_pruned
-from pipsteps.width import prune_width, select_global, select_local
-from pipsteps.width_scores import width_scores
+from pipsteps.selection import RoundInputs
+from pipsteps.surgery import load_model, load_tokenizer, read_manifest, save_pruned
 
 log = logging.getLogger("pipsteps.prune")
 METHODS = methods.METHODS
@@ -94,121 +84,18 @@ def reusable(model, model_dir: Path, cfg: PruneConfig) -> bool:
     return not cfg.device_map and DTYPES.get(dtype) == next(model.parameters()).dtype
 
 
-def choose(scores: list[float] | None, candidates: list[int], k: int, rng: random.Random) -> list[int]:
-    """The k candidates with the lowest score (ties: lower index first), or k random ones without scores."""
-    if scores is None:
-        return sorted(rng.sample(candidates, k))
-    return sorted(sorted(candidates, key=lambda i: (scores[i], i))[:k])
-
-
-def _grad_files(unit: str, cfg: PruneConfig, grads: dict[str, Path | None]) -> tuple[Path | None, Path | None]:
-    """(first, second) gradient file a score reads: clean, and perturbed (control for noise_control, the psdiff
-    statistic alone for fisher_ps)."""
-    need = methods.needs(unit, cfg.method, cfg.score).grads
-    missing = [v for v in need if grads.get(v) is None]
-    if missing:
-        raise PipError(f"{cfg.method} ({score_name(cfg)}) needs the {' and '.join(missing)} gradient file(s)")
-    return (grads["clean"] if "clean" in need else None), next((grads[v] for v in need if v != "clean"), None)
-
-
-def forward_scores(name: str, model, calib: dict[str, Path | None], views: tuple[str, ...], candidates: list[int],
-                   cfg: PruneConfig) -> list[float | None]:
-    """Forward-only depth scores on the current model, from the calibration `views` the score reads: block
-    influence, or an ablation score (sleb, gap_…). The model goes to cfg.device and back to the CPU."""
-    missing = [v for v in views if calib.get(v) is None]
-    if missing:
-        raise PipError(f"{cfg.method} ({name}) needs the {' and '.join(missing)} calibration view(s) (--calib-…)")
-    model.to(resolve_device(cfg.device, require_gpu=cfg.require_gpu))
-    try:
-        if methods.SCORES[name].kind == "influence":
-            return block_influence(model, load_ids(calib["clean"]), cfg.micro_batch)[0]
-        full, skipped = {}, {}
-        for v in views:
-            full[v], skipped[v] = skip_losses(model, load_ids(calib[v]), candidates, cfg.micro_batch,
-                                              desc=f"skip {v}")
-        log.info("calibration loss %s; with each candidate layer skipped: %s", full, skipped)
-        return ablation_scores(name, full, skipped, len(decoder_layers(model)))
-    finally:
-        model.to("cpu")
-
-
-def depth_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, grads: dict[str, Path | None],
-                calib: dict[str, Path | None], influence: Path | None) -> dict[str, Any]:
-    """Remove the round's lowest-scoring layers in place; returns the round record's layer fields."""
-    n = len(decoder_layers(model))
-    k = plan["per_round"][cfg.round - 1]
-    candidates = list(range(plan["protect_first"], n - plan["protect_last"]))
-    scores = None
-    need = methods.needs("depth", cfg.method, cfg.score)
-    if need.influence:  # the dense model's block influence, computed once
-        if influence is None:
-            raise PipError("method 'block_influence' needs the block influence JSON (--influence)")
-        scores = read_json(influence)["scores"]
-        if len(scores) != n:
-            raise PipError(f"{influence} scores {len(scores)} layers, the model has {n}: it was computed on another "
-                           "model (block influence is one-shot, from the dense model)")
-    elif need.calib:  # forward passes on the current model: ablation, or block influence every round
-        scores = forward_scores(name, model, calib, need.calib, candidates, cfg)
-    elif methods.SCORES[name].kind == "gradient":
-        scores = depth_scores(name, layer_stats(model, *_grad_files("depth", cfg, grads)))
-    remove = choose(scores, candidates, k, random.Random(f"{seed_of(cfg)}:{cfg.round}"))
-    orig = manifest["kept_layers"]
-    removed_orig = [orig[i] for i in remove]
-    remove_layers(model, remove)
-    manifest.update(kept_layers=[i for i in orig if i not in removed_orig],
-                    removed_layers=manifest["removed_layers"] + removed_orig)
-    manifest["rounds"] = manifest["rounds"] + [
-        {"round": cfg.round, "removed": removed_orig,
-         "scores": {str(orig[i]): s for i, s in enumerate(scores) if s is not None} if scores else None}]
-    log.info("round %d (%s/%s): removed layer(s) %s (original index), %d layers left", cfg.round, cfg.method, name,
-             removed_orig, n - k)
-    return {"layer_scores": [{"index": i, "orig_index": orig[i], "score": scores[i] if scores else None}
-                             for i in range(n)],
-            "removed": [{"index": i, "orig_index": o} for i, o in zip(remove, removed_orig)],
-            "removed_layers_so_far": manifest["removed_layers"], "layers_left": n - k}
-
-
-def kept_width(manifest: dict) -> list[dict[str, int]]:
-    """Per kept layer: original index and the numbers of kept query heads, KV heads and MLP channels."""
-    return [{"orig_index": o, "heads": len(e["kept_heads"]), "kv_heads": len(e["kept_kv_heads"]),
-             "channels": len(e["kept_channels"])} for o, e in zip(manifest["kept_layers"], manifest["width"]["layers"])]
-
-
-def width_round(cfg: PruneConfig, model, manifest: dict, plan: dict, name: str, grads: dict[str, Path | None]
-                ) -> dict[str, Any]:
-    """Remove the round's lowest-scoring KV groups and MLP channels in place; returns the round record's fields."""
-    r = cfg.round - 1
-    ws = width_scores(model, name, *_grad_files("width", cfg, grads), seed=seed_of(cfg) * 100_003 + cfg.round)
-    candidates = plan["candidates"]
-    if plan["ranking"] == "global":
-        remove_kv, remove_ch = select_global(ws.values("attn", normalise=True), ws.values("mlp", normalise=True),
-                                             ws.attn_size, ws.mlp_size, plan["params_per_round"][r], candidates)
-    else:
-        remove_kv = select_local(ws.values("attn"), plan["kv_groups_per_round"][r], candidates)
-        remove_ch = select_local(ws.values("mlp"), plan["channels_per_round"][r], candidates)
-    removed = prune_width(model, manifest, remove_kv, remove_ch)
-    manifest["rounds"] = manifest["rounds"] + [{"round": cfg.round, "removed_width": removed}]
-    log.info("round %d (%s/%s, %s): removed %d KV groups in %d layers and %d MLP channels in %d layers", cfg.round,
-             cfg.method, name, plan["ranking"], sum(map(len, remove_kv.values())), len(remove_kv),
-             sum(map(len, remove_ch.values())), len(remove_ch))
-    orig = manifest["kept_layers"]
-    return {"layer_scores": [{"index": i, "orig_index": o, "score": None} for i, o in enumerate(orig)],
-            "group_scores": {"attn": ws.values("attn"), "mlp": ws.values("mlp")},
-            "removed": [], "removed_groups": removed, "kept": kept_width(manifest),
-            "removed_layers_so_far": manifest["removed_layers"], "layers_left": len(orig)}
-
-
 def _prune(cfg: PruneConfig, model, model_dir: Path, plan: dict[str, Any], unit: str, name: str,
-           grads: dict[str, Path | None], calib: dict[str, Path | None], influence: Path | None,
-           calibration_hash: str, out: Path) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
-    """Score and remove in place, then save the pruned model; returns (round fields, params before, params
-    after)."""
+           inputs: RoundInputs, calibration_hash: str, out: Path
+           ) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
+    """Score, select and remove in place (the unit's interface, pipsteps.units), then save the pruned model;
+    returns (round fields, params before, params after)."""
+    u = units.get(unit)
     manifest = read_manifest(model_dir)
     before = count_params(model)
-    if unit == "width":
-        fields = width_round(cfg, model, manifest, plan, name, grads)
-    else:
-        fields = depth_round(cfg, model, manifest, plan, name, grads, calib, influence)
+    scores = u.score(model, name, cfg, inputs, plan)
+    removal = u.select(model, scores, plan, cfg.round)
+    label = f"{cfg.method}/{name}" + (f", {plan['ranking']}" if unit == "width" else "")
+    fields = u.apply(model, manifest, removal, scores, cfg.round, label)
     after = count_params(model)
     manifest.update(unit=unit, method=cfg.method, score=name, target_ratio=plan["target_ratio"],
                     seed=seed_of(cfg), calibration_hash=calibration_hash)
@@ -250,8 +137,8 @@ def run(cfg: PruneConfig, model_dir: Path, plan: dict[str, Any], out: Path,
         else:
             model = load_model(model_dir, device="cpu")
         with torch.no_grad():
-            fields, before, after = _prune(cfg, model, model_dir, plan, unit, name, grads, calib, influence,
-                                                     calibration_hash, out)
+            inputs = RoundInputs(grads=grads, calib=calib, influence=influence, seed=seed_of(cfg))
+            fields, before, after = _prune(cfg, model, model_dir, plan, unit, name, inputs, calibration_hash, out)
         if keep_grads is not None:
             keep_grads.mkdir(parents=True, exist_ok=True)
             for f in files.values():

@@ -12,15 +12,14 @@ whole surgery. Qwen3's q_norm/k_norm act on the head dimension, shared by all he
 keeps the original shapes; the per-layer shapes are in the manifest's `width` entry (pipsteps.surgery), with the
 *original* indices of the kept heads and channels.
 
-Scores are in pipsteps.width_scores. `plan_width` turns a target ratio into per-round group counts (and refuses
-ratios that would empty a layer); `select_local` / `select_global` pick the lowest-scoring groups.
+Scores are in pipsteps.width_scores; planning and selection in pipsteps.unit_width.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -201,91 +200,3 @@ def width_shape(model: nn.Module) -> dict[str, int]:
     mlp = sum(p.numel() for n, p in layer.mlp.named_parameters() if n != "down_proj.bias")
     return {"layers": len(model.model.layers), "kv_heads": n_kv, "channels": channels,
             "kv_group_params": attn // n_kv, "channel_params": mlp // channels}
-
-
-def _split(total: int, rounds: int) -> list[int]:
-    return [total // rounds + (r < total % rounds) for r in range(rounds)]
-
-
-def plan_width(*, layers: int, kv_heads: int, channels: int, kv_group_params: int, channel_params: int,
-               params_total: int, target_ratio: float, rounds: int = 4, protect_first: int = 0,
-               protect_last: int = 0) -> dict[str, Any]:
-    """Per-round numbers of KV groups and MLP channels to remove so that `target_ratio` of the total parameters go.
-
-    The same fraction f of the KV groups and of the channels of the unprotected layers is removed (local ranking);
-    `params_per_round` is the matching budget for global ranking. Raises PipError, before any heavy work, when
-    the protected layers make the target unreachable or when f would leave some layer with zero KV groups or zero
-    channels (more removals than all groups minus one per layer)."""
-    if not 0 < target_ratio < 1:
-        raise PipError(f"prune.target_ratio must be in (0, 1), got {target_ratio}")
-    if rounds < 1:
-        raise PipError(f"prune.rounds must be ≥ 1, got {rounds}")
-    candidates = list(range(protect_first, layers - protect_last))
-    if not candidates:
-        raise PipError(f"protect_first={protect_first} + protect_last={protect_last} protect all {layers} layers: "
-                       "nothing to width-prune")
-    n = len(candidates)
-    prunable = n * (kv_heads * kv_group_params + channels * channel_params)
-    f = target_ratio * params_total / prunable
-    if f >= 1:
-        raise PipError(f"prune.target_ratio {target_ratio} is unreachable by width pruning: the {n} unprotected "
-                       f"layers hold {prunable / params_total:.1%} of the parameters, all heads and channels included")
-    attn_total, mlp_total = round(f * n * kv_heads), round(f * n * channels)
-    if attn_total > n * (kv_heads - 1):
-        raise PipError(f"prune.target_ratio {target_ratio} would leave a layer with zero attention heads: it removes "
-                       f"{attn_total} of the {n * kv_heads} KV groups ({kv_heads} per layer) in the {n} unprotected "
-                       f"layers, at most {n * (kv_heads - 1)} can go (lower the ratio or protect fewer layers)")
-    if mlp_total > n * (channels - 1):
-        raise PipError(f"prune.target_ratio {target_ratio} would leave a layer with zero MLP channels: it removes "
-                       f"{mlp_total} of {n * channels}")
-    if attn_total == 0:
-        log.warning("target ratio %s removes no KV group (%d per layer): only MLP channels are pruned",
-                    target_ratio, kv_heads)
-    attn_rounds, mlp_rounds = _split(attn_total, rounds), _split(mlp_total, rounds)
-    removed = attn_total * kv_group_params + mlp_total * channel_params
-    return {"candidates": candidates, "fraction": f, "rounds": rounds, "kv_groups_total": attn_total,
-            "channels_total": mlp_total, "kv_groups_per_round": attn_rounds, "channels_per_round": mlp_rounds,
-            "params_per_round": [a * kv_group_params + m * channel_params for a, m in zip(attn_rounds, mlp_rounds)],
-            "expected_removed_params": removed, "expected_ratio": removed / params_total}
-
-
-def select_local(scores: Sequence[Sequence[float]], k: int, candidates: Sequence[int],
-                 min_keep: int = 1) -> dict[int, list[int]]:
-    """The k lowest-scoring groups of one type over the candidate layers (ties: lower layer, then lower index),
-    never leaving a layer with fewer than `min_keep`. Returns {layer: [positions]}."""
-    order = sorted((s, i, g) for i in candidates for g, s in enumerate(scores[i]))
-    left = {i: len(scores[i]) for i in candidates}
-    out: dict[int, list[int]] = defaultdict(list)
-    taken = 0
-    for _, i, g in order:
-        if taken == k:
-            break
-        if left[i] > min_keep:
-            out[i].append(g)
-            left[i] -= 1
-            taken += 1
-    if taken < k:
-        raise PipError(f"cannot remove {k} groups: only {taken} can go while keeping {min_keep} per layer")
-    return {i: sorted(v) for i, v in sorted(out.items())}
-
-
-def select_global(attn: Sequence[Sequence[float]], mlp: Sequence[Sequence[float]], attn_size: Sequence[int],
-                  mlp_size: Sequence[int], budget: int, candidates: Sequence[int],
-                  min_keep: int = 1) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
-    """Lowest normalised scores first over KV groups and channels together, until at least `budget` parameters
-    are removed (WidthScores.values(kind, normalise=True) gives comparable scores). Returns (kv groups, channels)."""
-    order = sorted([(s, 0, i, g) for i in candidates for g, s in enumerate(attn[i])] +
-                   [(s, 1, i, g) for i in candidates for g, s in enumerate(mlp[i])])
-    left = {(t, i): len((attn, mlp)[t][i]) for t in (0, 1) for i in candidates}
-    out: tuple[dict[int, list[int]], dict[int, list[int]]] = (defaultdict(list), defaultdict(list))
-    removed = 0
-    for _, t, i, g in order:
-        if removed >= budget:
-            break
-        if left[t, i] > min_keep:
-            out[t][i].append(g)
-            left[t, i] -= 1
-            removed += (attn_size, mlp_size)[t][i]
-    if removed < budget:
-        raise PipError(f"cannot remove {budget} parameters by width pruning while keeping {min_keep} group per layer")
-    return tuple({i: sorted(v) for i, v in sorted(d.items())} for d in out)  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipsteps import methods
+from pipsteps import methods, selection
 from pipsteps.io import PipError, grad_tensor, open_safetensors
 from pipsteps.width import attn_shape
 
@@ -92,7 +92,7 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
             g = {v: grad_tensor(f, files[v], f"model.layers.{i}.{tail}", w.shape) for v, f in handles.items()}
             sums[kind] += _group_sum(tail, WIDTH_SCORES[score](w, g.get("clean"), g.get("perturbed")), n_groups[kind])
         if random:
-            sums = {k: torch.rand(n, generator=gen, dtype=torch.float64) for k, n in n_groups.items()}
+            sums = {k: torch.tensor(selection.random_scores(gen, n), dtype=torch.float64) for k, n in n_groups.items()}
         for k in n_groups:
             if not torch.isfinite(sums[k]).all():
                 raise PipError(f"non-finite {score} scores in layer {i} ({k}): check the gradient files")

@@ -14,9 +14,7 @@ GRAPH = {m: set(deps.direct_imports(PKG / f"{m}.py")) - {"__init__"} for m in MO
 STEPS = {m for m in MODULES if "main_wrapper(main)" in (PKG / f"{m}.py").read_text()}
 # torch-free: the workflow (Snakefile, common.smk) and the public lazy API import these without torch
 CORE = {"errors", "methods", "layout", "deps", "config", "compute", "perturb", "pruned", "zeroshot_tasks", "runplan"}
-# the one step that still reads another step's internals: choose_aux_edits rebuilds the calibration step's windows
-# from its config (pipsteps.calibration.CalibConfig, candidate_windows)
-STEP_TO_STEP = {("aux_edits", "calibration")}
+STEP_TO_STEP: set[tuple[str, str]] = set()  # what two steps share is a library module (e.g. calib_text)
 
 
 def cycles() -> list[list[str]]:

@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM
 from pipsteps.io import PipError
 from pipsteps.surgery import MANIFEST, load_pruned, new_manifest, save_pruned
 from pipsteps.tiny import FAMILIES, tiny_model, tiny_tokenizer
-from pipsteps.width import plan_width, prune_width, select_global, select_local, slice_attention, width_shape
+from pipsteps.selection import lowest as select_local
+from pipsteps.unit_width import plan_width, select_global
+from pipsteps.width import prune_width, slice_attention, width_shape
 from pipsteps.width_scores import NEEDS, width_scores
 
 IDS = torch.randint(4, 512, (2, 24), generator=torch.Generator().manual_seed(0))
