@@ -1,10 +1,10 @@
 """Step (a Snakemake checkpoint): how many pruning rounds a variant needs, from the dense model and the config.
 
-Depth (pipsteps.unit_depth): every decoder layer has the same size P_layer, so removing n layers removes n·P_layer of the total P.
+Depth (pipsteps.unit_plans): every decoder layer has the same size P_layer, so removing n layers removes n·P_layer of the total P.
 n = the smallest count with n·P_layer ≥ target_ratio·P (never more than one layer past the target); rounds =
 ceil(n / layers_per_round), the last round taking the remainder.
 
-Width (pipsteps.unit_width.plan_width): the same fraction f of the KV groups and of the MLP channels of the unprotected
+Width (pipsteps.unit_plans.plan_width): the same fraction f of the KV groups and of the MLP channels of the unprotected
 layers goes, spread over `rounds` rounds (target / rounds per round); `ranking` global spends the per-round
 parameter budget over both group types instead.
 
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipsteps import cli, methods, selection, units
+from pipsteps import cli, methods, selection, unit_plans
 from pipsteps.io import PipError, count_params, write_json
 from pipsteps.surgery import decoder_layers, load_model
 
@@ -73,7 +73,7 @@ def run(cfg: PlanConfig, model_dir: Path) -> dict[str, Any]:
     model = load_model(model_dir, device="cpu")
     first, last = selection.protection(cfg.unit, len(decoder_layers(model)), cfg.protect_first, cfg.protect_last)
     resolved = replace(cfg, protect_first=first, protect_last=last, oneshot=oneshot)
-    return units.get(cfg.unit).plan(resolved, model, count_params(model)["total"])
+    return unit_plans.plan(cfg.unit, resolved, model, count_params(model)["total"])  # the units' planning half
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,24 +1,21 @@
 """Depth pruning as a unit (pipsteps.units): whole decoder layers.
 
-Plan: every decoder layer has the same size P_layer, so removing n layers removes n·P_layer of the total P; n is the
-smallest count with n·P_layer ≥ target_ratio·P (never more than one layer past the target), removed
-`layers_per_round` at a time (the last round takes the remainder; one-shot methods: all in round 1).
-Score: per layer, from the registry's formula (pipsteps.methods) — gradient scores from the layer sums of the
-gradient files, forward-only scores from the losses with each layer skipped, block influence from the dense model's
-JSON or recomputed on the current model, random from seeded draws. Select: the round's lowest-scoring unprotected
-layers. Apply: remove them and record their original indices in the manifest.
+Plan: pipsteps.unit_plans (so that the plan step does not import the scoring code). Score: per layer, from the
+registry's formula (pipsteps.methods) — gradient scores from the layer sums of the gradient files, forward-only
+scores from the losses with each layer skipped, block influence from the dense model's JSON or recomputed on the
+current model, random from seeded draws. Select: the round's lowest-scoring unprotected layers. Apply: remove them
+and record their original indices in the manifest.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipsteps import methods, selection
+from pipsteps import methods, selection, unit_plans
 from pipsteps.ablation import block_influence, skip_losses
 from pipsteps.errors import PipError
 from pipsteps.grads import load_ids
@@ -28,25 +25,6 @@ from pipsteps.selection import RoundInputs
 from pipsteps.surgery import decoder_layers, remove_layers
 
 log = logging.getLogger("pipsteps.unit_depth")
-
-
-def depth_plan(cfg: Any, n_layers: int, total: int, per_layer: int) -> dict[str, Any]:
-    """The depth plan of a PlanConfig-like `cfg` (target_ratio, method, layers_per_round, protect_first/last,
-    oneshot) for a model of `n_layers` layers of `per_layer` parameters each and `total` parameters."""
-    if not 0.0 < cfg.target_ratio < 1.0:
-        raise PipError(f"prune.target_ratio must be in (0, 1), got {cfg.target_ratio}")
-    first, last = (cfg.protect_first or 0), (cfg.protect_last or 0)
-    n = math.ceil(cfg.target_ratio * total / per_layer - 1e-9)
-    removable = n_layers - first - last
-    if n > removable:
-        raise PipError(f"target_ratio {cfg.target_ratio} is unreachable: it needs {n} of {n_layers} layers removed "
-                       f"but only {removable} are unprotected (protect_first={first}, protect_last={last}); "
-                       "lower the ratio or protect fewer layers")
-    per_round = selection.split_chunks(n, n if cfg.oneshot or cfg.method in methods.ONESHOT else cfg.layers_per_round)
-    return {"unit": "depth", "method": cfg.method, "target_ratio": cfg.target_ratio, "layers_to_remove": n,
-            "rounds": len(per_round), "per_round": per_round, "num_layers": n_layers, "params_total": total,
-            "params_per_layer": per_layer, "expected_ratio": n * per_layer / total,
-            "protect_first": first, "protect_last": last}
 
 
 def forward_scores(name: str, model, cfg: Any, calib: dict[str, Path | None], views: tuple[str, ...],
@@ -74,11 +52,7 @@ class DepthUnit:
     name = "depth"
 
     def plan(self, cfg: Any, model, total: int) -> dict[str, Any]:
-        layers = decoder_layers(model)
-        plan = depth_plan(cfg, len(layers), total, sum(p.numel() for p in layers[0].parameters()))
-        log.info("plan: remove %d of %d layers in %d rounds (expected ratio %.4f)", plan["layers_to_remove"],
-                 plan["num_layers"], plan["rounds"], plan["expected_ratio"])
-        return plan
+        return unit_plans.plan("depth", cfg, model, total)
 
     def score(self, model, name: str, cfg: Any, inputs: RoundInputs, plan: dict[str, Any]) -> list[float | None]:
         n = len(decoder_layers(model))

@@ -1,12 +1,10 @@
 """Width pruning as a unit (pipsteps.units): whole KV groups with their query heads, and MLP channels, inside every
 unprotected layer (the surgery: pipsteps.width).
 
-Plan (`plan_width`): the same fraction f of the KV groups and of the MLP channels of the unprotected layers goes, so
-that target_ratio of the total parameters go, spread evenly over `rounds` rounds (one-shot methods: 1); `global`
-ranking gets the matching parameter budget per round. Score: the registry's formula (pipsteps.methods) summed per
-group (pipsteps.width_scores). Select: `local` takes each type's planned count, lowest first; `global` ranks both
-types together by score per parameter until the round's budget is spent; every layer keeps one KV group and one
-channel. Apply: slice the groups out and record their original indices in the manifest.
+Plan: pipsteps.unit_plans (so that the plan step does not import the scoring code). Score: the registry's formula
+(pipsteps.methods) summed per group (pipsteps.width_scores). Select: `local` takes each type's planned count, lowest
+first; `global` ranks both types together by score per parameter until the round's budget is spent; every layer
+keeps one KV group and one channel. Apply: slice the groups out and record their original indices in the manifest.
 """
 
 from __future__ import annotations
@@ -15,56 +13,13 @@ import logging
 from collections import defaultdict
 from typing import Any, Sequence
 
-from pipsteps import selection
+from pipsteps import selection, unit_plans
 from pipsteps.errors import PipError
 from pipsteps.selection import RoundInputs
-from pipsteps.surgery import decoder_layers
-from pipsteps.width import prune_width, width_shape
+from pipsteps.width import prune_width
 from pipsteps.width_scores import WidthScores, width_scores
 
 log = logging.getLogger("pipsteps.unit_width")
-
-
-def plan_width(*, layers: int, kv_heads: int, channels: int, kv_group_params: int, channel_params: int,
-               params_total: int, target_ratio: float, rounds: int = 4, protect_first: int = 0,
-               protect_last: int = 0) -> dict[str, Any]:
-    """Per-round numbers of KV groups and MLP channels to remove so that `target_ratio` of the total parameters go.
-
-    The same fraction f of the KV groups and of the channels of the unprotected layers is removed (local ranking);
-    `params_per_round` is the matching budget for global ranking. Raises PipError, before any heavy work, when
-    the protected layers make the target unreachable or when f would leave some layer with zero KV groups or zero
-    channels (more removals than all groups minus one per layer)."""
-    if not 0 < target_ratio < 1:
-        raise PipError(f"prune.target_ratio must be in (0, 1), got {target_ratio}")
-    if rounds < 1:
-        raise PipError(f"prune.rounds must be ≥ 1, got {rounds}")
-    candidates = selection.candidates(layers, protect_first, protect_last)
-    if not candidates:
-        raise PipError(f"protect_first={protect_first} + protect_last={protect_last} protect all {layers} layers: "
-                       "nothing to width-prune")
-    n = len(candidates)
-    prunable = n * (kv_heads * kv_group_params + channels * channel_params)
-    f = target_ratio * params_total / prunable
-    if f >= 1:
-        raise PipError(f"prune.target_ratio {target_ratio} is unreachable by width pruning: the {n} unprotected "
-                       f"layers hold {prunable / params_total:.1%} of the parameters, all heads and channels included")
-    attn_total, mlp_total = round(f * n * kv_heads), round(f * n * channels)
-    if attn_total > n * (kv_heads - 1):
-        raise PipError(f"prune.target_ratio {target_ratio} would leave a layer with zero attention heads: it removes "
-                       f"{attn_total} of the {n * kv_heads} KV groups ({kv_heads} per layer) in the {n} unprotected "
-                       f"layers, at most {n * (kv_heads - 1)} can go (lower the ratio or protect fewer layers)")
-    if mlp_total > n * (channels - 1):
-        raise PipError(f"prune.target_ratio {target_ratio} would leave a layer with zero MLP channels: it removes "
-                       f"{mlp_total} of {n * channels}")
-    if attn_total == 0:
-        log.warning("target ratio %s removes no KV group (%d per layer): only MLP channels are pruned",
-                    target_ratio, kv_heads)
-    attn_rounds, mlp_rounds = selection.split_even(attn_total, rounds), selection.split_even(mlp_total, rounds)
-    removed = attn_total * kv_group_params + mlp_total * channel_params
-    return {"candidates": candidates, "fraction": f, "rounds": rounds, "kv_groups_total": attn_total,
-            "channels_total": mlp_total, "kv_groups_per_round": attn_rounds, "channels_per_round": mlp_rounds,
-            "params_per_round": [a * kv_group_params + m * channel_params for a, m in zip(attn_rounds, mlp_rounds)],
-            "expected_removed_params": removed, "expected_ratio": removed / params_total}
 
 
 def select_global(attn: Sequence[Sequence[float]], mlp: Sequence[Sequence[float]], attn_size: Sequence[int],
@@ -102,16 +57,7 @@ class WidthUnit:
     name = "width"
 
     def plan(self, cfg: Any, model, total: int) -> dict[str, Any]:
-        shape = width_shape(model)
-        plan = plan_width(**shape, params_total=total, target_ratio=cfg.target_ratio,
-                          rounds=1 if cfg.oneshot else cfg.rounds, protect_first=cfg.protect_first,
-                          protect_last=cfg.protect_last)
-        log.info("plan: remove %d KV groups and %d MLP channels of %d layers (fraction %.4f) in %d rounds, %s "
-                 "ranking (expected ratio %.4f)", plan["kv_groups_total"], plan["channels_total"],
-                 len(plan["candidates"]), plan["fraction"], plan["rounds"], cfg.ranking, plan["expected_ratio"])
-        return {"unit": "width", "method": cfg.method, "target_ratio": cfg.target_ratio, "ranking": cfg.ranking,
-                "num_layers": len(decoder_layers(model)), "params_total": total, "protect_first": cfg.protect_first,
-                "protect_last": cfg.protect_last, "shape": shape, **plan}
+        return unit_plans.plan("width", cfg, model, total)
 
     def score(self, model, name: str, cfg: Any, inputs: RoundInputs, plan: dict[str, Any]) -> WidthScores:
         return width_scores(model, name, *selection.grad_files("width", cfg, inputs.grads),

@@ -1,5 +1,6 @@
 """The pruning units behind one interface: depth (whole decoder layers, pipsteps.unit_depth) and width (KV groups
-and MLP channels, pipsteps.unit_width). The plan step calls `plan`; every prune round calls `score`, `select` and
+and MLP channels, pipsteps.unit_width). `plan` is pipsteps.unit_plans, which the plan step imports alone (editing a
+score's code does not rerun a plan); every prune round calls `score`, `select` and
 `apply` on the model it loaded. Shared pieces (protected layers, per-round budgets, seeded random scores,
 lowest-score selection) are in pipsteps.selection."""
 

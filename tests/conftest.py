@@ -137,6 +137,50 @@ def e2e_run(tmp_path_factory) -> Path:
     return workdir
 
 
+# The experiment grid (tests/test_grid.py): depth and width × PIP, ShortGPT block influence and random in one run.
+# Session-scoped: tests/test_api.py runs the usage snippet on its width/pip variant.
+GRID_VARIANTS = ["depth/pip/r0.2", "depth/block_influence/r0.2", "depth/random/r0.2", "width/pip/r0.2",
+                 "width/random/r0.2"]  # block_influence is depth only: the grid skips width × block_influence
+GRID_TARGETS = ("results/summary.tsv", "results/plots/removed_layers.png")
+
+
+def grid_config() -> dict:
+    import yaml
+
+    cfg = yaml.safe_load(E2E.read_text())
+    cfg["prune"].update(layers_per_round=2, width_rounds=2,
+                        grid={"units": ["depth", "width"], "methods": ["pip", "block_influence", "random"]})
+    cfg["eval"].update(seq_lens=[16], max_tokens=256, efficiency={"enabled": False})
+    cfg["mlflow"] = {"enabled": False}
+    return cfg
+
+
+def dry_run(workdir: Path, config: Path, *targets: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a dry run lists."""
+    import re
+
+    out = snakemake(workdir, "-n", *targets, config=config).stdout
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:\n)", out)[1:]:
+        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block).group(1)
+        m = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        jobs.append((rule, dict(kv.split("=", 1) for kv in m.group(1).split(", ")) if m else {}))
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def grid_run(tmp_path_factory) -> tuple[Path, list]:
+    """(work directory after a complete grid run, the job list of the dry run before it). Tests only read it and
+    write their own alternative config files beside it (dry runs): none reruns a job in it."""
+    import yaml
+
+    workdir = tmp_path_factory.mktemp("grid")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(grid_config()))
+    jobs = dry_run(workdir, workdir / "config.yaml", *GRID_TARGETS)
+    snakemake(workdir, *GRID_TARGETS)
+    return workdir, jobs
+
+
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
     """The embedded calibration corpus (perturbation and guided-generator tests)."""

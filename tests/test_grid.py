@@ -6,49 +6,21 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import E2E, snakemake
-
-# block_influence is depth only: the grid skips width × block_influence
-VARIANTS = ["depth/pip/r0.2", "depth/block_influence/r0.2", "depth/random/r0.2", "width/pip/r0.2",
-            "width/random/r0.2"]
-TARGETS = ("results/summary.tsv", "results/plots/removed_layers.png")
-
-
-def grid_config() -> dict:
-    cfg = yaml.safe_load(E2E.read_text())
-    cfg["prune"].update(layers_per_round=2, width_rounds=2,
-                        grid={"units": ["depth", "width"], "methods": ["pip", "block_influence", "random"]})
-    cfg["eval"].update(seq_lens=[16], max_tokens=256, efficiency={"enabled": False})
-    cfg["mlflow"] = {"enabled": False}
-    return cfg
-
-
-def dry_run(workdir: Path, config: Path, *targets: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) of every job a dry run lists."""
-    out = snakemake(workdir, "-n", *targets, config=config).stdout
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:\n)", out)[1:]:
-        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block).group(1)
-        m = re.search(r"^\s+wildcards: (.+)$", block, re.M)
-        jobs.append((rule, dict(kv.split("=", 1) for kv in m.group(1).split(", ")) if m else {}))
-    return jobs
+from conftest import GRID_TARGETS as TARGETS
+from conftest import GRID_VARIANTS as VARIANTS
+from conftest import dry_run, grid_config, snakemake
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> tuple[Path, list]:
-    """(work directory after a complete grid run, the job list of the dry run before it)."""
-    workdir = tmp_path_factory.mktemp("grid")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(grid_config()))
-    jobs = dry_run(workdir, workdir / "config.yaml", *TARGETS)
-    snakemake(workdir, *TARGETS)
-    return workdir, jobs
+def grid(grid_run) -> tuple[Path, list]:
+    """(work directory after a complete grid run, the job list of the dry run before it): the session's grid run
+    (tests/conftest.py)."""
+    return grid_run
 
 
 def test_dry_run_computes_the_dense_gradients_once_for_every_variant(grid):

@@ -2,7 +2,7 @@ import pytest
 
 from pipsteps.io import PipError
 from pipsteps.plan import PlanConfig
-from pipsteps.unit_depth import depth_plan
+from pipsteps.unit_plans import depth_plan
 
 
 def test_smollm2_shape_needs_eight_layers():

@@ -15,7 +15,8 @@ from pipsteps.io import PipError
 from pipsteps.surgery import MANIFEST, load_pruned, new_manifest, save_pruned
 from pipsteps.tiny import FAMILIES, tiny_model, tiny_tokenizer
 from pipsteps.selection import lowest as select_local
-from pipsteps.unit_width import plan_width, select_global
+from pipsteps.unit_plans import plan_width
+from pipsteps.unit_width import select_global
 from pipsteps.width import prune_width, slice_attention, width_shape
 from pipsteps.width_scores import NEEDS, width_scores
 
