@@ -1,12 +1,8 @@
 """Step (a Snakemake checkpoint): how many pruning rounds a variant needs, from the dense model and the config.
 
-Depth (pipsteps.unit_plans): every decoder layer has the same size P_layer, so removing n layers removes n·P_layer of the total P.
-n = the smallest count with n·P_layer ≥ target_ratio·P (never more than one layer past the target); rounds =
-ceil(n / layers_per_round), the last round taking the remainder.
-
-Width (pipsteps.unit_plans.plan_width): the same fraction f of the KV groups and of the MLP channels of the unprotected
-layers goes, spread over `rounds` rounds (target / rounds per round); `ranking` global spends the per-round
-parameter budget over both group types instead.
+Depth removes n whole layers, the smallest count that reaches target_ratio, `layers_per_round` at a time; width
+removes the same fraction of the KV groups and MLP channels of the unprotected layers, spread evenly over `rounds`
+rounds (the formulas: pipsteps.unit_plans, the planning half of the units, which this step imports alone).
 
 One-shot methods (`pip_oneshot`, `block_influence`) do everything in one round. Fails up front, before any
 gradient is computed, when the target cannot be reached with the unprotected layers or would empty a layer.

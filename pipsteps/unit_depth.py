@@ -56,7 +56,8 @@ class DepthUnit:
 
     def score(self, model, name: str, cfg: Any, inputs: RoundInputs, plan: dict[str, Any]) -> list[float | None]:
         n = len(decoder_layers(model))
-        kind, need = methods.SCORES[name].kind, methods.needs("depth", cfg.method, cfg.score)
+        entry = methods.score("depth", cfg.method, cfg.score)  # the registry entry of `name`
+        need = entry.needs
         if need.influence:  # the dense model's block influence, computed once
             if inputs.influence is None:
                 raise PipError("method 'block_influence' needs the block influence JSON (--influence)")
@@ -67,7 +68,7 @@ class DepthUnit:
             return scores
         if need.calib:  # forward passes on the current model: ablation, or block influence every round
             return forward_scores(name, model, cfg, inputs.calib, need.calib, self.candidates(model, plan))
-        if kind == "random":
+        if entry.kind == "random":
             gen = torch.Generator().manual_seed(selection.round_seed(inputs.seed, cfg.round))
             return selection.random_scores(gen, n)
         return depth_scores(name, layer_stats(model, *selection.grad_files("depth", cfg, inputs.grads)))

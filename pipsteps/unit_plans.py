@@ -105,9 +105,12 @@ def _width(cfg: Any, model, total: int) -> dict[str, Any]:
             "protect_last": cfg.protect_last, "shape": shape, **plan}
 
 
+PLANNERS = {"depth": _depth, "width": _width}
+
+
 def plan(unit: str, cfg: Any, model, total: int) -> dict[str, Any]:
     """The plan JSON of `unit` (`cfg`: a pipsteps.plan.PlanConfig with the protection resolved; `total`: the dense
     model's parameter count)."""
-    if unit not in ("depth", "width"):
-        raise PipError(f"unknown unit {unit!r}; allowed: depth, width")
-    return (_depth if unit == "depth" else _width)(cfg, model, total)
+    if unit not in PLANNERS:
+        raise PipError(f"unknown unit {unit!r}; allowed: {', '.join(PLANNERS)}")
+    return PLANNERS[unit](cfg, model, total)

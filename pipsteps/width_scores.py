@@ -65,9 +65,9 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
     """Group scores of every decoder layer from the cached gradient files (keys = the model's parameter names;
     `perturbed` is the second view's file: the control view for noise_control, the psdiff statistic for
     fisher_ps); `random` draws seeded uniform scores."""
-    random = score in NEEDS and methods.SCORES[score].kind == "random"
     if score not in NEEDS:
         raise PipError(f"unknown width score {score!r}; allowed: {', '.join(NEEDS)}")
+    random = methods.SCORES[score].kind == "random"
     second = ("perturbed", "control", "psdiff")
     given = {"clean": clean, **{v: perturbed for v in second}}
     files = {("perturbed" if v in second else v): given[v] for v in NEEDS[score]}
