@@ -46,7 +46,8 @@ def seed_config(ns: argparse.Namespace, seed: int, ratio: float, model_source: s
     cfg["calibration"]["seed"] = seed
     # `pip` is the paper's literal reading at both units, whatever config.yaml's default score is; the other PIP
     # scores are explicit pip-SCORE methods
-    cfg["prune"].update(seed=seed, score="norm_diff", width_score="taylor_diff")
+    cfg["prune"].update(seed=seed, depth={**cfg["prune"].get("depth", {}), "score": "norm_diff"},
+                        width={**cfg["prune"].get("width", {}), "score": "taylor_diff"})
     methods = list(dict.fromkeys(m for m in ns.depth_methods + ns.width_methods if m != "random")) + ["random"]
     units = [u for u, names in (("depth", ns.depth_methods), ("width", ns.width_methods)) if names]
     cfg["prune"]["grid"] = {"units": units, "methods": methods, "ratios": [ratio], "seeds": [seed]}

@@ -35,6 +35,13 @@ RECOVERY_KEYS = {"source", "format", "text_field", "max_examples", "val_size", "
                  "micro_batch", "cutoff", "lr", "warmup_steps", "eval_steps", "save_steps", "seed"}
 
 
+# Settings keys renamed in the workflow config since the first cells ran, hashed under their first names so that a
+# rename does not turn finished cells stale (new name -> name in the hash).
+HASH_NAMES = {"prune.depth.score": "prune.score", "prune.depth.layers_per_round": "prune.layers_per_round",
+              "prune.width.score": "prune.width_score", "prune.width.rounds": "prune.width_rounds",
+              "prune.width.ranking": "prune.ranking"}
+
+
 class ProtocolError(ValueError):
     """A protocol file that cannot run; the message is one line naming the offending keys or values."""
 
@@ -113,11 +120,19 @@ class Protocol:
         """Everything that determines a cell's figures; its hash marks a finished result as current or stale."""
         keys = ("model", "calibration", "eval", "settings") + (("views",) if self.raw.get("views") else ()) + (
             ("recovery",) if cell.recovery else ())
-        return {"cell": asdict(cell), "domain": self.raw["domains"][cell.domain],
-                **{k: self.raw.get(k) for k in keys}}
+        spec = {"cell": asdict(cell), "domain": self.raw["domains"][cell.domain], **{k: self.raw.get(k) for k in keys}}
+        if spec["settings"]:
+            spec["settings"] = hash_names(spec["settings"])
+        if spec.get("views"):
+            spec["views"] = {v: hash_names(s or {}) for v, s in spec["views"].items()}
+        return spec
 
     def spec_hash(self, cell: Cell) -> str:
         return hashlib.sha256(json.dumps(self.spec(cell), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hash_names(settings: dict[str, Any]) -> dict[str, Any]:
+    return {HASH_NAMES.get(k, k): v for k, v in settings.items()}
 
 
 def _unknown(where: str, got: dict, allowed: set[str]) -> None:

@@ -16,9 +16,26 @@ class ConfigError(ValueError):
     pass
 
 
+# Keys of the flat prune layout, now in the per-unit blocks prune.depth and prune.width.
+MOVED = {"score": "prune.depth.score", "layers_per_round": "prune.depth.layers_per_round",
+         "width_score": "prune.width.score", "width_rounds": "prune.width.rounds", "ranking": "prune.width.ranking",
+         "protect_first": "prune.depth.protect_first and prune.width.protect_first",
+         "protect_last": "prune.depth.protect_last and prune.width.protect_last"}
+
+
+def check_moved(config: dict[str, Any]) -> None:
+    """A config written for the flat prune layout gets one line naming where each of its keys went."""
+    prune = config.get("prune")
+    old = [k for k in MOVED if isinstance(prune, dict) and k in prune]
+    if old:
+        raise ConfigError("config: " + "; ".join(f"prune.{k} is now {MOVED[k]}" for k in old))
+
+
 def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
-    """Raise ConfigError with one line naming the key and the allowed values on the first schema violation, or on
-    the first impossible combination of keys (check_combinations)."""
+    """Raise ConfigError with one line naming the key and the allowed values on the first schema violation (or
+    where a key of the old flat prune layout went), or on the first impossible combination of keys
+    (check_combinations)."""
+    check_moved(config)
     schema = yaml.safe_load(Path(schema_path).read_text())
     err = best_match(Draft202012Validator(schema).iter_errors(config))
     if err is None:

@@ -96,11 +96,15 @@ class RunPlan:
 
     def plan_flags(self, wildcards) -> str:
         """Only the keys of the variant's unit, so that a width setting does not rerun the depth plans (and back)."""
-        p = self.config["prune"]
-        common = f"--protect-first {p['protect_first']} --protect-last {p['protect_last']}"
+        u = self.unit_config(wildcards.unit)
+        common = f"--protect-first {u['protect_first']} --protect-last {u['protect_last']}"
         if wildcards.unit == "width":
-            return f"--rounds {p['width_rounds']} --ranking {p['ranking']} {common}"
-        return f"--layers-per-round {p['layers_per_round']} {common}"
+            return f"--rounds {u['rounds']} --ranking {u['ranking']} {common}"
+        return f"--layers-per-round {u['layers_per_round']} {common}"
+
+    def unit_config(self, unit: str) -> dict[str, Any]:
+        """The unit's own settings block (prune.depth or prune.width)."""
+        return self.config["prune"][unit]
 
     def first_rounds(self) -> list[str]:
         """Round 1 of every variant, as static inputs of the summary: every consumer of the dense gradients and of
@@ -119,8 +123,7 @@ class RunPlan:
 
     def needs(self, wildcards) -> methods.Needs:
         """The cached inputs a variant's rounds read (pipsteps.methods.needs; the configured score of its unit)."""
-        score = self.config["prune"]["width_score" if wildcards.unit == "width" else "score"]
-        return methods.needs(wildcards.unit, wildcards.method, score)
+        return methods.needs(wildcards.unit, wildcards.method, self.unit_config(wildcards.unit)["score"])
 
     def round_inputs(self, wildcards) -> dict[str, str]:
         """What a round reads. Round 1: the dense model's gradient files (shared by every variant). A later round of
@@ -166,12 +169,12 @@ class RunPlan:
         return 1 if self.runs_model(wildcards) else 0
 
     def prune_score(self, wildcards) -> str:
-        """Only the PIP variants depend on their unit's score (prune.score for depth, prune.width_score for width),
-        so changing one does not rerun the baselines or the other unit; pip-SCORE variants carry their own."""
+        """Only the PIP variants depend on their unit's score (prune.depth.score, prune.width.score), so changing
+        one does not rerun the baselines or the other unit; pip-SCORE variants carry their own."""
         base, explicit, _ = methods.parse(wildcards.method)
         if base not in methods.PIP_METHODS:
             return "none"
-        return explicit or self.config["prune"]["width_score" if wildcards.unit == "width" else "score"]
+        return explicit or self.unit_config(wildcards.unit)["score"]
 
     @staticmethod
     def grad_calib(wildcards) -> dict[str, str]:

@@ -148,7 +148,7 @@ def grid_config() -> dict:
     import yaml
 
     cfg = yaml.safe_load(E2E.read_text())
-    cfg["prune"].update(layers_per_round=2, width_rounds=2,
+    cfg["prune"].update(depth={"layers_per_round": 2}, width={"rounds": 2},
                         grid={"units": ["depth", "width"], "methods": ["pip", "block_influence", "random"]})
     cfg["eval"].update(seq_lens=[16], max_tokens=256, efficiency={"enabled": False})
     cfg["mlflow"] = {"enabled": False}

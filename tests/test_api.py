@@ -121,7 +121,7 @@ def test_removed_and_final_model_errors(tiny_dir, tmp_path):
 @pytest.fixture(scope="module")
 def width_run(grid_run) -> Path:
     """A run directory written by the real workflow that holds width PIP in two rounds: the session's grid run
-    (tests/conftest.py: depth and width × pip, block_influence, random on the tiny model, width_rounds 2). The
+    (tests/conftest.py: depth and width × pip, block_influence, random on the tiny model, width.rounds 2). The
     snippet only reads it."""
     work, _ = grid_run
     plan = json.loads((work / "results/width/pip/r0.2/plan.json").read_text())

@@ -30,7 +30,7 @@ TINY = {
                                            "datasets": {"heldout": {"source": "embedded:heldout"}}}},
     "recovery": {"source": "embedded:heldout", "format": "text", "cutoff": 32, "batch_size": 2, "micro_batch": 2,
                  "max_steps": 2, "val_size": 4, "eval_steps": 1, "save_steps": 1},
-    "settings": {"prune.width_rounds": 2},
+    "settings": {"prune.width.rounds": 2},
 }
 
 
@@ -68,6 +68,21 @@ def test_cells_and_spec_hash():
     first = proto.cells()[0]
     changed = protocol.Protocol(Path("p.yaml"), {**proto.raw, "calibration": {"n_samples": 8, "seq_len": 32}})
     assert proto.spec_hash(first) != changed.spec_hash(first)  # a finished cell of another spec is stale
+
+
+def test_renamed_workflow_keys_keep_finished_cells_current():
+    """Settings keys renamed in the workflow config (prune.width_score -> prune.width.score) hash under their first
+    names, so the rename leaves the committed cells current; another value still makes them stale."""
+    old = protocol.Protocol(Path("p.yaml"), {**TINY, "settings": {"prune.width_score": "taylor_diff"}})
+    new = protocol.Protocol(Path("p.yaml"), {**TINY, "settings": {"prune.width.score": "taylor_diff"}})
+    other = protocol.Protocol(Path("p.yaml"), {**TINY, "settings": {"prune.width.score": "fisher_diff"}})
+    cell = new.cells()[0]
+    assert new.spec_hash(cell) == old.spec_hash(cell) != other.spec_hash(cell)
+    real = protocol.load(REPO / "bench" / "protocol.yaml")
+    for c in real.cells():
+        done = REPO / "bench" / "results" / real.name / f"{c.name}.json"
+        if done.is_file():
+            assert json.loads(done.read_text())["spec_hash"] == real.spec_hash(c), c.name
 
 
 def fake_cell(domain: str, seed: int, ppl: dict[str, float], unit: str = "width") -> dict:

@@ -106,7 +106,7 @@ def test_width_models_load_with_load_pruned_and_have_fewer_parameters(grid):
 def test_changing_one_method_setting_reruns_only_that_variant(grid):
     workdir, _ = grid
     cfg = grid_config()
-    cfg["prune"]["width_score"] = "norm_diff"  # the width PIP score: only width/pip
+    cfg["prune"]["width"]["score"] = "norm_diff"  # the width PIP score: only width/pip
     (workdir / "alt.yaml").write_text(yaml.safe_dump(cfg))
     jobs = dry_run(workdir, workdir / "alt.yaml", *TARGETS)
     stages = {f"{w['unit']}/{w['method']}/r{w['ratio']}" if "unit" in w else w.get("where", w.get("stage", ""))

@@ -125,7 +125,7 @@ def width_run(tmp_path_factory) -> tuple[Path, str]:
     """(work directory, stdout) of a complete tiny width run: pip-fisher_diff, taylor_sq and random."""
     cfg = yaml.safe_load(E2E.read_text())
     cfg["prune"] = {"unit": "width", "method": "pip", "baselines": ["taylor_sq", "random"], "target_ratio": 0.2,
-                    "width_rounds": 2, "grid": {"methods": ["pip-fisher_diff", "taylor_sq", "random"]}}
+                    "width": {"rounds": 2}, "grid": {"methods": ["pip-fisher_diff", "taylor_sq", "random"]}}
     cfg["eval"].update(seq_lens=[16], max_tokens=256)
     cfg["mlflow"] = {"enabled": False}
     workdir = tmp_path_factory.mktemp("width")
@@ -196,4 +196,7 @@ def test_report_shows_the_width_scores_with_their_caption(width_run, tmp_path):
     assert "Adding width_scores.png" in out and "layer_scores.png" not in out
     html = report.read_text()
     assert "MLP channel scores" in html and "width/pip-fisher_diff/r0.2" in html
+    # the captions read the unit's own config block, and render without reStructuredText warnings
+    assert "prune.width.score: taylor_diff" in html and 'literal">taylor_diff</tt> for PIP' in html
+    assert "(WARNING" not in out
     assert "PIP summary" not in proc.stdout

@@ -166,7 +166,7 @@ def test_bad_config_values_fail_at_parse_time(tmp_path, change, message):
 
 def test_unreachable_ratio_and_short_calibration_fail_before_gradients(tmp_path):
     cfg = yaml.safe_load(E2E.read_text())
-    cfg["prune"].update(target_ratio=0.9, protect_first=2, protect_last=2)
+    cfg["prune"].update(target_ratio=0.9, depth={"protect_first": 2, "protect_last": 2})
     short = tmp_path / "short.txt"
     short.write_text("a few words only\n")
     proc = snakemake(tmp_path, "--until", "plan_rounds", config=write_config(tmp_path, cfg), check=False)

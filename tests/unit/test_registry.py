@@ -20,8 +20,8 @@ PRUNE = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").re
 def test_schema_allows_exactly_the_registry_names():
     props = PRUNE["properties"]
     assert props["method"]["enum"] == list(methods.METHODS)
-    assert props["score"]["enum"] == list(methods.DEPTH_SCORES)
-    assert props["width_score"]["enum"] == list(methods.WIDTH_SCORES)
+    assert props["depth"]["properties"]["score"]["enum"] == list(methods.DEPTH_SCORES)
+    assert props["width"]["properties"]["score"]["enum"] == list(methods.WIDTH_SCORES)
     grid_item = props["grid"]["properties"]["methods"]["items"]
     assert props["baselines"]["items"]["pattern"] == grid_item["pattern"] == methods.SCHEMA_PATTERN
 
