@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipsteps.io import PipError
+from pipsteps.errors import PipError
 from pipsteps.surgery import decoder_layers
 
 

@@ -26,7 +26,9 @@ import torch
 from pipsteps import cli
 from pipsteps.calib_text import AUX_GENERATORS, CalibConfig, candidate_windows, check_config, load_text
 from pipsteps.guided import AuxScorer, Scored, choose_edits
-from pipsteps.io import PipError, atomic_path, resolve_device, resolve_dtype, set_threads
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_path
+from pipsteps.io import resolve_device, resolve_dtype, set_threads
 from pipsteps.llm_edit import DEFAULT_PROMPT, rewrite, validate
 from pipsteps.perturb import Edit, apply_edits, eligible_words
 from pipsteps.surgery import load_model, load_tokenizer

@@ -15,7 +15,8 @@ from pipsteps import cli
 from pipsteps.ablation import block_influence
 from pipsteps.compute import ComputeConfig
 from pipsteps.grads import load_ids
-from pipsteps.io import Timer, model_devices, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.files import write_json
+from pipsteps.io import Timer, model_devices, resolve_device, resolve_dtype, set_threads
 from pipsteps.surgery import load_model
 
 log = logging.getLogger("pipsteps.block_influence")

@@ -28,7 +28,9 @@ import torch
 from safetensors.torch import save_file
 
 from pipsteps import cli
-from pipsteps.io import PipError, Timer, atomic_path, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_path, write_json
+from pipsteps.io import Timer
 from pipsteps.calib_text import AUX_GENERATORS, GENERATORS, CalibConfig, candidate_windows, check_config, load_text
 from pipsteps.perturb import Edit, apply_edits, perturb_text, token_noise
 from pipsteps.surgery import load_tokenizer

@@ -13,7 +13,8 @@ import sys
 import typing
 from typing import Any, Callable, Sequence, TypeVar
 
-from pipsteps.io import PipError, setup_logging
+from pipsteps.errors import PipError
+from pipsteps.files import setup_logging
 
 T = TypeVar("T")
 log = logging.getLogger("pipsteps")

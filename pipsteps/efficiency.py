@@ -29,7 +29,9 @@ import torch
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import PipError, count_params, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import write_json
+from pipsteps.io import count_params, resolve_device, resolve_dtype, set_threads
 from pipsteps.surgery import load_model
 
 log = logging.getLogger("pipsteps.efficiency")

@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import PipError, Timer, count_params, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import write_json
+from pipsteps.io import Timer, count_params, resolve_device, resolve_dtype, set_threads
 from pipsteps.surgery import load_model, load_tokenizer
 from pipsteps.textdata import read_rows
 

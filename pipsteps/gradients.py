@@ -11,14 +11,15 @@ from typing import Any, Sequence
 
 from pipsteps import cli
 from pipsteps.grads import GradConfig, load_for_grads, write_view
-from pipsteps.io import Timer, atomic_outputs, set_threads, write_json
+from pipsteps.files import atomic_outputs, write_json
+from pipsteps.io import Timer, set_threads
 
 
 def run(cfg: GradConfig, model_dir: Path, calib: Path, out: Path, paired: Path | None = None,
         metrics_out: Path | None = None) -> dict[str, Any]:
     """Mean-loss gradients of the view `calib`; with `paired` (the perturbed view), the per-sample statistic S of
     `calib` (the clean view) against it. With `metrics_out`, the record ({config, **metrics}) is written there, and
-    the gradient file and the record become final together, once both are complete (io.atomic_outputs)."""
+    the gradient file and the record become final together, once both are complete (files.atomic_outputs)."""
     set_threads(cfg.threads)
     with atomic_outputs(out, metrics_out) as (tmp, tmp_metrics):
         with Timer() as t:

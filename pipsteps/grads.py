@@ -36,7 +36,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import PipError, Timer, model_devices, open_safetensors, resolve_device, resolve_dtype
+from pipsteps.errors import PipError
+from pipsteps.io import Timer, model_devices, open_safetensors, resolve_device, resolve_dtype
 from pipsteps.surgery import load_model
 
 log = logging.getLogger("pipsteps.grads")

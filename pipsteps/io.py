@@ -1,25 +1,16 @@
-"""Shared I/O helpers: atomic writes, JSON, logging, devices/dtypes and parameter counts (model loading:
-pipsteps.surgery).
-
-Every output is written to a temporary sibling first and renamed into place, so a killed job never leaves a file
-(or model directory) that looks complete.
-"""
+"""Torch helpers shared by the steps: devices and dtypes, threads, seeds, safetensors gradient files, parameter
+counts, timing and peak memory (file helpers: pipsteps.files; model loading: pipsteps.surgery)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
 from pipsteps.errors import PipError
 
@@ -28,12 +19,6 @@ log = logging.getLogger("pipsteps")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def seed_everything(seed: int) -> None:
@@ -79,46 +64,6 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-# ---------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds (file or directory).
-
-    On any failure (a killed process leaves only a hidden `.NAME.*.partial` directory, removed by the next write of
-    the same output) nothing is left at `path`. Write errors such as a full disk become a one-line PipError.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)  # left behind by a killed earlier attempt at this output
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    target = tmp / final.name
-    try:
-        yield target
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(target, final)
-    except (OSError, SafetensorError) as e:  # safetensors reports I/O failures (EFBIG, ENOSPC) as its own error
-        reason = getattr(e, "strerror", None) or str(e)
-        raise PipError(f"could not write {final}: {reason} (disk full?); nothing was left behind") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_outputs(*paths: str | os.PathLike | None) -> Iterator[list[Path | None]]:
-    """Temporary siblings for all the outputs of one step (None stays None: an optional output not asked for),
-    renamed into place back to back, in the order given, only once the whole block has succeeded.
-
-    A job killed while it computes or writes leaves none of its outputs final: not a complete-looking gradient
-    file beside a missing metrics JSON. Give the record that marks the step done (its metrics JSON) last.
-    """
-    with contextlib.ExitStack() as stack:
-        tmps = {i: stack.enter_context(atomic_path(p))  # entered last to first: the exits rename first to last
-                for i, p in reversed(list(enumerate(paths))) if p is not None}
-        yield [tmps.get(i) for i in range(len(paths))]
-
-
 def open_safetensors(path: str | os.PathLike):
     """safe_open with a one-line error naming the file when it is missing, truncated or corrupted."""
     from safetensors import safe_open
@@ -141,43 +86,6 @@ def grad_tensor(f: Any, path: str | os.PathLike, name: str, shape: torch.Size) -
         raise PipError(f"gradient {name} in {path} has shape {tuple(g.shape)}, the model {tuple(shape)}: it was "
                        "computed on another model")
     return g
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def read_utf8(path: Path, source: str, missing: str = "text file not found") -> str:
-    """The text of a local input file, or one line naming it: missing, or not UTF-8 (with the bad byte)."""
-    if not path.is_file():
-        raise PipError(f"{missing}: {source}")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise PipError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PipError(f"missing file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # e.g. truncated by a killed writer or by hand
-        raise PipError(f"{path} is not valid JSON: {e}") from None
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 # ---------------------------------------------------------------- models

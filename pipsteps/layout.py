@@ -88,7 +88,7 @@ def _read(path: Path) -> Any:
 
 def rounds(results: str | Path, var: str, read: Callable[[Path], Any] = _read) -> list[dict[str, Any]]:
     """The round records of a variant, in order (the number of rounds from its plan); `read` reads one JSON file
-    (pipsteps.io.read_json: a one-line error on a broken file)."""
+    (pipsteps.files.read_json: a one-line error on a broken file)."""
     results = Path(results)
     n = read(results / plan(var))["rounds"]
     return [read(results / round_record(var, r)) for r in range(1, n + 1)]

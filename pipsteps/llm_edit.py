@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipsteps.io import PipError
+from pipsteps.errors import PipError
 from pipsteps.perturb import Edit, eligible_words, match_case, one_edit_variants
 
 # words (letters, digits, underscore), markup such as <unk>, and single punctuation characters

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipsteps import cli, methods, selection, unit_plans
-from pipsteps.io import PipError, count_params, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import write_json
+from pipsteps.io import count_params
 from pipsteps.surgery import decoder_layers, load_model
 
 log = logging.getLogger("pipsteps.plan")

@@ -35,7 +35,8 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from pipsteps import cli, methods, plots_width  # noqa: E402
 from pipsteps import layout as L  # noqa: E402
-from pipsteps.io import PipError, atomic_path, read_json, write_text  # noqa: E402
+from pipsteps.errors import PipError  # noqa: E402
+from pipsteps.files import atomic_path, read_json, write_text  # noqa: E402
 
 log = logging.getLogger("pipsteps.plots")
 

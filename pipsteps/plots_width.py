@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from pipsteps.io import PipError  # noqa: E402
+from pipsteps.errors import PipError  # noqa: E402
 
 UNSCORED = "random"
 KINDS = (("attn", "kv_heads"), ("mlp", "channels"))  # group_scores key, removed_groups key

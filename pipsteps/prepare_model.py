@@ -18,7 +18,9 @@ from typing import Any, Sequence
 import torch
 
 from pipsteps import cli
-from pipsteps.io import PipError, Timer, atomic_outputs, atomic_path, count_params, resolve_dtype, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_outputs, atomic_path, write_json
+from pipsteps.io import Timer, count_params, resolve_dtype
 from pipsteps.surgery import MANIFEST, new_manifest
 
 log = logging.getLogger("pipsteps.prepare_model")

@@ -31,8 +31,9 @@ import torch
 
 from pipsteps import cli, methods, units
 from pipsteps.grads import GradConfig, load_for_grads, write_view
-from pipsteps.io import (DTYPES, PipError, Timer, atomic_outputs, count_params, read_json, resolve_device, set_threads,
-                         write_json)
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_outputs, read_json, write_json
+from pipsteps.io import DTYPES, Timer, count_params, resolve_device, set_threads
 from pipsteps.selection import RoundInputs
 from pipsteps.surgery import load_model, load_tokenizer, read_manifest, save_pruned
 

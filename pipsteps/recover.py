@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import (PipError, Timer, atomic_outputs, atomic_path, count_params, resolve_device, resolve_dtype,
-                         seed_everything, set_threads, write_json)
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_outputs, atomic_path, write_json
+from pipsteps.io import Timer, count_params, resolve_device, resolve_dtype, seed_everything, set_threads
 from pipsteps.recovery_data import IGNORE, Example, build_examples, collate, split_examples
 from pipsteps.recovery_state import fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint, tokens_hash
 from pipsteps.surgery import load_model, load_tokenizer, read_manifest, save_pruned

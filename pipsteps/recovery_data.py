@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from pipsteps.io import PipError, read_utf8
+from pipsteps.errors import PipError
+from pipsteps.files import read_utf8
 from pipsteps.textdata import load_hf, read_rows
 
 log = logging.getLogger("pipsteps.recovery_data")

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipsteps.io import PipError, atomic_path
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_path
 
 log = logging.getLogger("pipsteps.recovery_state")
 

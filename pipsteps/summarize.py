@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from pipsteps import cli
 from pipsteps import layout as L
-from pipsteps.io import read_json, write_text
+from pipsteps.files import read_json, write_text
 
 log = logging.getLogger("pipsteps.summarize")
 TASKS_NOTE = (" zs_ columns are 0-shot lm-eval accuracies: acc_norm for hellaswag, arc_easy, arc_challenge, "

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipsteps.io import PipError, atomic_path, open_safetensors, read_json
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_path, read_json
+from pipsteps.io import open_safetensors
 from pipsteps.width import apply_manifest, check_shapes, saved_config
 
 log = logging.getLogger("pipsteps.surgery")

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipsteps.io import PipError, read_utf8
+from pipsteps.errors import PipError
+from pipsteps.files import read_utf8
 
 EMBEDDED = ("embedded:calibration", "embedded:heldout")
 

@@ -32,7 +32,8 @@ from typing import Any, Iterator, Sequence
 
 from pipsteps import cli
 from pipsteps import layout as L
-from pipsteps.io import PipError, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import write_json
 
 log = logging.getLogger("pipsteps.tracking")
 SKIP = ("mlflow",)  # result folders that are not step records

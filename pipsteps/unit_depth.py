@@ -19,7 +19,8 @@ from pipsteps import methods, selection, unit_plans
 from pipsteps.ablation import block_influence, skip_losses
 from pipsteps.errors import PipError
 from pipsteps.grads import load_ids
-from pipsteps.io import read_json, resolve_device
+from pipsteps.files import read_json
+from pipsteps.io import resolve_device
 from pipsteps.scores import ablation_scores, depth_scores, layer_stats
 from pipsteps.selection import RoundInputs
 from pipsteps.surgery import decoder_layers, remove_layers

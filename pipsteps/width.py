@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from pipsteps.io import PipError
+from pipsteps.errors import PipError
 
 log = logging.getLogger("pipsteps.width")
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from pipsteps import methods, selection
-from pipsteps.io import PipError, grad_tensor, open_safetensors
+from pipsteps.errors import PipError
+from pipsteps.io import grad_tensor, open_safetensors
 from pipsteps.width import attn_shape
 
 T = torch.Tensor

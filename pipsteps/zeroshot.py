@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
-from pipsteps.io import PipError, Timer, count_params, resolve_device, resolve_dtype, set_threads, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import write_json
+from pipsteps.io import Timer, count_params, resolve_device, resolve_dtype, set_threads
 from pipsteps.surgery import load_model, load_tokenizer
 from pipsteps.zeroshot_tasks import (AVERAGE_RULE, HEADLINE_METRIC, LOADERS, TASKS, headline_metric, resolve_files,
                                      task_config, unknown_task_message)

@@ -18,7 +18,7 @@ Local formats (`data_dir` = a directory in the layout of docs/evaluation.md):
 
 The Snakefile imports this module at parse time (`check_tasks_config`: the local paths, the fields of the first
 examples, the limit keys and the task names), so it imports neither torch nor lm-eval nor datasets at import time
-(errors are `pipsteps.io.PipError`, imported when raised).
+(errors are `pipsteps.errors.PipError`, imported when raised).
 """
 
 from __future__ import annotations

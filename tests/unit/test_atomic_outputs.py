@@ -16,7 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipsteps.io import PipError, atomic_outputs, open_safetensors
+from pipsteps.errors import PipError
+from pipsteps.files import atomic_outputs
+from pipsteps.io import open_safetensors
 
 # Runs a step's main with one function (of the step, or `module.function` of another pipsteps module) replaced by a
 # SIGKILL of the process (a preempted node).
@@ -92,7 +94,7 @@ def test_atomic_outputs_rename_in_order_and_only_on_success(tmp_path):
         renamed.append(Path(dst).name)
         real(src, dst)
 
-    with mock.patch("pipsteps.io.os.replace", side_effect=spy):
+    with mock.patch("pipsteps.files.os.replace", side_effect=spy):
         with atomic_outputs(tmp_path / "tensors", None, tmp_path / "metrics.json") as (a, none, b):
             assert none is None
             a.mkdir()

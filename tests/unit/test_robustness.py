@@ -15,7 +15,8 @@ import yaml
 from safetensors.torch import save_file
 
 from pipsteps.grads import GradConfig, collect, load_ids
-from pipsteps.io import PipError, write_json
+from pipsteps.errors import PipError
+from pipsteps.files import write_json
 from pipsteps.prepare_model import PrepareConfig
 from pipsteps.prepare_model import run as prepare
 from pipsteps.prune import PruneConfig
