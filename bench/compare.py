@@ -170,15 +170,18 @@ def run_dense(proto: Protocol, root: Path, out: Path, cores: int) -> str:
         return model_dir
     cfg = workflow_config(proto, None, proto.raw["model"])
     t = time.perf_counter()
+    if done.exists():  # the figures are committed; only the model directory is missing (a new work directory)
+        run_workflow(wd, cfg, ["results/base/model"], cores, "dense")
+        print(f"dense model: prepared in {time.perf_counter() - t:.1f} s (figures from {done.name})", flush=True)
+        return model_dir
     targets = ["results/base/eval/metrics.json"]
     if cfg["eval"]["tasks"]["enabled"]:
         targets.append("results/base/eval/tasks.json")
     run_workflow(wd, cfg, targets, cores, "dense")
     wall = round(time.perf_counter() - t, 1)
-    if not done.exists():  # the figures were written before; only the model directory was missing (new workdir)
-        write_result(done, {"protocol": proto.name, "config": cfg, **provenance(), "wall_s": wall,
-                            "ppl": ppl(wd / "results/base/eval/metrics.json"),
-                            "zero_shot": zero_shot(wd / "results/base/eval/tasks.json")})
+    write_result(done, {"protocol": proto.name, "config": cfg, **provenance(), "wall_s": wall,
+                        "ppl": ppl(wd / "results/base/eval/metrics.json"),
+                        "zero_shot": zero_shot(wd / "results/base/eval/tasks.json")})
     print(f"dense model: prepared and evaluated in {wall} s", flush=True)
     return model_dir
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+import compare as compare_module  # noqa: E402
 import protocol  # noqa: E402
 import results_doc  # noqa: E402
 
@@ -184,6 +186,11 @@ def test_real_run_writes_cells_and_resumes(tmp_path):
     stamp = (res / "width-r0.2-embedded-s0.json").stat().st_mtime_ns
     again = compare(tmp_path, path).stdout  # finished cells are never recomputed
     assert "1 done, 0 to run" in again and (res / "width-r0.2-embedded-s0.json").stat().st_mtime_ns == stamp
+    dense_stamp = (res / "dense.json").stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "work")  # another machine: the committed results stay, the work directories are gone
+    model = compare_module.run_dense(protocol.load(path), tmp_path / "work" / "tiny-two-cells", res, 2)
+    assert (Path(model) / "config.json").is_file() and (res / "dense.json").stat().st_mtime_ns == dense_stamp
+    assert not (tmp_path / "work/tiny-two-cells/dense/results/base/eval").exists()  # only the model was redone
     doc = tmp_path / "results.md"
     subprocess.run([sys.executable, str(REPO / "bench" / "results_doc.py"), "--protocol", str(path),
                     "--results", str(tmp_path / "results"), "--out", str(doc)], check=True)
