@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from pipsteps.grads import GradConfig  # noqa: E402
 from pipsteps.gradients import run as gradients  # noqa: E402
-from pipsteps.io import DTYPES, resolve_device, resolve_dtype, set_threads, write_json  # noqa: E402
+from pipsteps.files import write_json  # noqa: E402
+from pipsteps.io import DTYPES, resolve_device, resolve_dtype, set_threads  # noqa: E402
 from pipsteps.plan import PlanConfig  # noqa: E402
 from pipsteps.plan import run as plan_rounds  # noqa: E402
 from pipsteps.prune import PruneConfig  # noqa: E402

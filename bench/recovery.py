@@ -27,7 +27,7 @@ import torch
 
 from pipsteps.evaluate import EvalConfig
 from pipsteps.evaluate import run as evaluate
-from pipsteps.io import setup_logging
+from pipsteps.files import setup_logging
 from pipsteps.prepare_model import PrepareConfig
 from pipsteps.prepare_model import run as prepare
 from pipsteps.recover import RecoverConfig

@@ -33,7 +33,7 @@ def main() -> None:
     command = shlex.join(["python3", *sys.argv])
     print(f"command: {command}", flush=True)
 
-    from pipsteps.io import setup_logging
+    from pipsteps.files import setup_logging
     from pipsteps.prepare_model import PrepareConfig
     from pipsteps.prepare_model import run as prepare
     from pipsteps.zeroshot import ZeroShotConfig

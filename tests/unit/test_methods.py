@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from pipsteps.ablation import block_influence
 from pipsteps.grads import GradConfig, collect
-from pipsteps.io import PipError, count_params, write_json
+from pipsteps.files import write_json
+from pipsteps.io import PipError, count_params
 from pipsteps.plan import PlanConfig, base_method
 from pipsteps.plan import run as plan
 from pipsteps.prune import PruneConfig
