@@ -81,6 +81,17 @@ def test_pruning_settings_never_rerun_the_aux_rule(guided_run):
         assert "choose_aux_edits" not in listed and "prepare_calibration" not in listed, (name, listed)
 
 
+def test_the_aux_rule_tracks_exactly_the_modules_its_step_imports(guided_run):
+    """Editing a module the aux step imports reruns it; the calibration step that applies its edits is not among
+    them, so editing that step reruns only prepare_calibration, never the aux model."""
+    workdir, cfg = guided_run
+    out = snakemake(workdir, "-n", "-f", "results/calibration/aux_edits.json", config=cfg).stdout
+    code = {Path(f).name for f in re.search(r"^\s+input: (.+)$", out, re.M).group(1).split(", ")
+            if f.endswith(".py")}
+    assert {"aux_edits.py", "guided.py", "llm_edit.py", "perturb.py", "calib_text.py"} <= code
+    assert "calibration.py" not in code and "prune.py" not in code
+
+
 def test_another_aux_model_is_prepared_once_in_its_own_rule(guided_run):
     workdir, cfg = guided_run
     listed = jobs(workdir, edit_config(cfg, "smol", "perturbation", aux_model="embedded:smollm2"), CALIB)

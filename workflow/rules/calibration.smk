@@ -66,7 +66,7 @@ rule choose_aux_edits:
     input:
         model="results/base/model",
         aux=aux_model_dir(),
-        code=[step_code(m) for m in ("aux_edits", "guided", "llm_edit", "calibration", "perturb")],
+        code=step_code("aux_edits"),
     output:
         edits="results/calibration/aux_edits.json",
     log:
