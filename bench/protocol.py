@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's pipsteps (the workflow runs use the same, via PYTHONPATH)
 
 from pipsteps import methods  # noqa: E402  (torch-free)
+from pipsteps.config import MOVED  # noqa: E402  (torch-free)
 
 UNITS = ("depth", "width")
 TOP_KEYS = {"name", "model", "data_dir", "domains", "seeds", "calibration", "blocks", "eval", "recovery", "settings",
@@ -35,11 +36,10 @@ RECOVERY_KEYS = {"source", "format", "text_field", "max_examples", "val_size", "
                  "micro_batch", "cutoff", "lr", "warmup_steps", "eval_steps", "save_steps", "seed"}
 
 
-# Settings keys renamed in the workflow config since the first cells ran, hashed under their first names so that a
-# rename does not turn finished cells stale (new name -> name in the hash).
-HASH_NAMES = {"prune.depth.score": "prune.score", "prune.depth.layers_per_round": "prune.layers_per_round",
-              "prune.width.score": "prune.width_score", "prune.width.rounds": "prune.width_rounds",
-              "prune.width.ranking": "prune.ranking"}
+# Settings keys renamed in the workflow config since the first cells ran (pipsteps.config.MOVED), hashed under their
+# first names so that a rename does not turn finished cells stale (new name -> name in the hash). Only one-to-one
+# renames: a flat key split over both units keeps its new names, which stay distinct.
+HASH_NAMES = {new[0]: f"prune.{old}" for old, new in MOVED.items() if len(new) == 1}
 
 
 class ProtocolError(ValueError):
