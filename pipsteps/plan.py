@@ -2,7 +2,8 @@
 
 Depth removes n whole layers, the smallest count that reaches target_ratio, `layers_per_round` at a time; width
 removes the same fraction of the KV groups and MLP channels of the unprotected layers, spread evenly over `rounds`
-rounds (the formulas: pipsteps.unit_plans, the planning half of the units, which this step imports alone).
+rounds (the formulas: pipsteps.unit_plans, the planning half of the units, which this step imports alone). It reads
+the model's shape from its file headers (pipsteps.shape): torch-free, no weights loaded, any model size.
 
 One-shot methods (`pip_oneshot`, `block_influence`) do everything in one round. Fails up front, before any
 gradient is computed, when the target cannot be reached with the unprotected layers or would empty a layer.
@@ -19,8 +20,7 @@ from typing import Any, Sequence
 from pipsteps import cli, methods, selection, unit_plans
 from pipsteps.errors import PipError
 from pipsteps.files import write_json
-from pipsteps.io import count_params
-from pipsteps.surgery import decoder_layers, load_model
+from pipsteps.shape import read_shape
 
 log = logging.getLogger("pipsteps.plan")
 UNITS = methods.UNITS
@@ -68,10 +68,10 @@ def check(cfg: PlanConfig) -> tuple[str, bool]:
 
 def run(cfg: PlanConfig, model_dir: Path) -> dict[str, Any]:
     _, oneshot = check(cfg)
-    model = load_model(model_dir, device="cpu")
-    first, last = selection.protection(cfg.unit, len(decoder_layers(model)), cfg.protect_first, cfg.protect_last)
+    shape = read_shape(model_dir)  # from the file headers: no weights loaded, no torch
+    first, last = selection.protection(cfg.unit, shape.layers, cfg.protect_first, cfg.protect_last)
     resolved = replace(cfg, protect_first=first, protect_last=last, oneshot=oneshot)
-    return unit_plans.plan(cfg.unit, resolved, model, count_params(model)["total"])  # the units' planning half
+    return unit_plans.plan(cfg.unit, resolved, shape)  # the units' planning half
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from pipsteps import methods
 from pipsteps.errors import PipError
 
@@ -62,9 +60,13 @@ def round_seed(seed: int, round_: int) -> int:
     return seed * 100_003 + round_
 
 
-def random_scores(gen: torch.Generator, n: int) -> list[float]:
-    """n seeded uniform scores: the random method's scores at either unit."""
-    return torch.rand(n, generator=gen, dtype=torch.float64).tolist()
+def random_scores(seed: int, sizes: Sequence[int]) -> list[list[float]]:
+    """The random method's scores at either unit: one list of uniform draws per size, in order, from one generator
+    seeded with `seed` (a round's: round_seed)."""
+    import torch  # here only: the plan step imports this module without torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, generator=gen, dtype=torch.float64).tolist() for n in sizes]
 
 
 def lowest(scores: Sequence[Sequence[float]], k: int, candidates: Sequence[int], min_keep: int = 1

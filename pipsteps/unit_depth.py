@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipsteps import methods, selection, unit_plans
 from pipsteps.ablation import block_influence, skip_losses
 from pipsteps.errors import PipError
@@ -23,6 +21,7 @@ from pipsteps.files import read_json
 from pipsteps.io import resolve_device
 from pipsteps.scores import ablation_scores, depth_scores, layer_stats
 from pipsteps.selection import RoundInputs
+from pipsteps.shape import ModelShape
 from pipsteps.surgery import decoder_layers, remove_layers
 
 log = logging.getLogger("pipsteps.unit_depth")
@@ -52,8 +51,8 @@ def forward_scores(name: str, model, cfg: Any, calib: dict[str, Path | None], vi
 class DepthUnit:
     name = "depth"
 
-    def plan(self, cfg: Any, model, total: int) -> dict[str, Any]:
-        return unit_plans.plan("depth", cfg, model, total)
+    def plan(self, cfg: Any, shape: ModelShape) -> dict[str, Any]:
+        return unit_plans.plan("depth", cfg, shape)
 
     def score(self, model, name: str, cfg: Any, inputs: RoundInputs, plan: dict[str, Any]) -> list[float | None]:
         n = len(decoder_layers(model))
@@ -70,8 +69,7 @@ class DepthUnit:
         if need.calib:  # forward passes on the current model: ablation, or block influence every round
             return forward_scores(name, model, cfg, inputs.calib, need.calib, self.candidates(model, plan))
         if entry.kind == "random":
-            gen = torch.Generator().manual_seed(selection.round_seed(inputs.seed, cfg.round))
-            return selection.random_scores(gen, n)
+            return selection.random_scores(selection.round_seed(inputs.seed, cfg.round), [n])[0]
         return depth_scores(name, layer_stats(model, *selection.grad_files("depth", cfg, inputs.grads)))
 
     @staticmethod

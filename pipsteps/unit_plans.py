@@ -17,8 +17,7 @@ from typing import Any
 
 from pipsteps import methods, selection
 from pipsteps.errors import PipError
-from pipsteps.surgery import decoder_layers
-from pipsteps.width import width_shape
+from pipsteps.shape import ModelShape
 
 log = logging.getLogger("pipsteps.unit_plans")
 
@@ -84,33 +83,31 @@ def plan_width(*, layers: int, kv_heads: int, channels: int, kv_group_params: in
             "expected_removed_params": removed, "expected_ratio": removed / params_total}
 
 
-def _depth(cfg: Any, model, total: int) -> dict[str, Any]:
-    layers = decoder_layers(model)
-    plan = depth_plan(cfg, len(layers), total, sum(p.numel() for p in layers[0].parameters()))
+def _depth(cfg: Any, shape: ModelShape) -> dict[str, Any]:
+    plan = depth_plan(cfg, shape.layers, shape.params_total, shape.params_per_layer)
     log.info("plan: remove %d of %d layers in %d rounds (expected ratio %.4f)", plan["layers_to_remove"],
              plan["num_layers"], plan["rounds"], plan["expected_ratio"])
     return plan
 
 
-def _width(cfg: Any, model, total: int) -> dict[str, Any]:
-    shape = width_shape(model)
-    plan = plan_width(**shape, params_total=total, target_ratio=cfg.target_ratio,
+def _width(cfg: Any, shape: ModelShape) -> dict[str, Any]:
+    plan = plan_width(**shape.width(), params_total=shape.params_total, target_ratio=cfg.target_ratio,
                       rounds=1 if cfg.oneshot else cfg.rounds, protect_first=cfg.protect_first,
                       protect_last=cfg.protect_last)
     log.info("plan: remove %d KV groups and %d MLP channels of %d layers (fraction %.4f) in %d rounds, %s "
              "ranking (expected ratio %.4f)", plan["kv_groups_total"], plan["channels_total"],
              len(plan["candidates"]), plan["fraction"], plan["rounds"], cfg.ranking, plan["expected_ratio"])
     return {"unit": "width", "method": cfg.method, "target_ratio": cfg.target_ratio, "ranking": cfg.ranking,
-            "num_layers": len(decoder_layers(model)), "params_total": total, "protect_first": cfg.protect_first,
-            "protect_last": cfg.protect_last, "shape": shape, **plan}
+            "num_layers": shape.layers, "params_total": shape.params_total, "protect_first": cfg.protect_first,
+            "protect_last": cfg.protect_last, "shape": shape.width(), **plan}
 
 
 PLANNERS = {"depth": _depth, "width": _width}
 
 
-def plan(unit: str, cfg: Any, model, total: int) -> dict[str, Any]:
-    """The plan JSON of `unit` (`cfg`: a pipsteps.plan.PlanConfig with the protection resolved; `total`: the dense
-    model's parameter count)."""
+def plan(unit: str, cfg: Any, shape: ModelShape) -> dict[str, Any]:
+    """The plan JSON of `unit` (`cfg`: a pipsteps.plan.PlanConfig with the protection resolved; `shape`: the dense
+    model's, pipsteps.shape)."""
     if unit not in PLANNERS:
         raise PipError(f"unknown unit {unit!r}; allowed: {', '.join(PLANNERS)}")
-    return PLANNERS[unit](cfg, model, total)
+    return PLANNERS[unit](cfg, shape)

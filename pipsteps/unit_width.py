@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from pipsteps import selection, unit_plans
 from pipsteps.errors import PipError
 from pipsteps.selection import RoundInputs
+from pipsteps.shape import ModelShape
 from pipsteps.width import prune_width
 from pipsteps.width_scores import WidthScores, width_scores
 
@@ -56,8 +57,8 @@ Removal = tuple[dict[int, list[int]], dict[int, list[int]]]  # (KV groups, MLP c
 class WidthUnit:
     name = "width"
 
-    def plan(self, cfg: Any, model, total: int) -> dict[str, Any]:
-        return unit_plans.plan("width", cfg, model, total)
+    def plan(self, cfg: Any, shape: ModelShape) -> dict[str, Any]:
+        return unit_plans.plan("width", cfg, shape)
 
     def score(self, model, name: str, cfg: Any, inputs: RoundInputs, plan: dict[str, Any]) -> WidthScores:
         return width_scores(model, name, *selection.grad_files("width", cfg, inputs.grads),

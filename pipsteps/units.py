@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pipsteps.errors import PipError
 from pipsteps.selection import RoundInputs
+from pipsteps.shape import ModelShape
 from pipsteps.unit_depth import DepthUnit
 from pipsteps.unit_width import WidthUnit
 
@@ -17,9 +18,9 @@ from pipsteps.unit_width import WidthUnit
 class Unit(Protocol):
     name: str
 
-    def plan(self, cfg: Any, model, total: int) -> dict[str, Any]:
+    def plan(self, cfg: Any, shape: ModelShape) -> dict[str, Any]:
         """The plan JSON: how much goes in each round (`cfg`: a pipsteps.plan.PlanConfig with the protection
-        resolved; `total`: the dense model's parameter count)."""
+        resolved; `shape`: the dense model's, pipsteps.shape)."""
 
     def score(self, model, name: str, cfg: Any, inputs: RoundInputs, plan: dict[str, Any]) -> Any:
         """Scores of the current model's structures under score `name` (lowest = pruned first)."""

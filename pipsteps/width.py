@@ -12,7 +12,8 @@ whole surgery. Qwen3's q_norm/k_norm act on the head dimension, shared by all he
 keeps the original shapes; the per-layer shapes are in the manifest's `width` entry (pipsteps.surgery), with the
 *original* indices of the kept heads and channels.
 
-Scores are in pipsteps.width_scores; planning and selection in pipsteps.unit_width.
+Scores are in pipsteps.width_scores; planning in pipsteps.unit_plans (the shapes: pipsteps.shape); selection in
+pipsteps.unit_width.
 """
 
 from __future__ import annotations
@@ -187,16 +188,3 @@ def saved_config(config: Any, width: dict[str, Any]) -> tuple[Any, str]:
             log.info("uniform width but %s rejects it (%s): saving the original config + manifest",
                      type(config).__name__, str(e).splitlines()[-1].strip())
     return type(config).from_dict({**d, **base}), "base"
-
-
-# ---------------------------------------------------------------- planning and selection
-def width_shape(model: nn.Module) -> dict[str, int]:
-    """What `plan_width` needs, read from layer 0 of an unpruned model (every layer has that shape)."""
-    layer = model.model.layers[0]
-    n_q, n_kv = attn_shape(layer.self_attn)
-    channels = layer.mlp.gate_proj.out_features
-    attn = sum(p.numel() for n, p in layer.self_attn.named_parameters()
-               if n.split(".")[0] in ("q_proj", "k_proj", "v_proj") or n == "o_proj.weight")
-    mlp = sum(p.numel() for n, p in layer.mlp.named_parameters() if n != "down_proj.bias")
-    return {"layers": len(model.model.layers), "kv_heads": n_kv, "channels": channels,
-            "kv_group_params": attn // n_kv, "channel_params": mlp // channels}

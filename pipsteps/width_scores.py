@@ -76,7 +76,9 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
     if missing:
         raise PipError(f"width score {score!r} needs the {' and '.join(missing)} gradient file(s)")
     handles = {v: open_safetensors(p) for v, p in files.items()}
-    gen = torch.Generator().manual_seed(seed)
+    if random:  # per layer: its KV groups, then its channels, from one generator
+        shapes = [(attn_shape(layer.self_attn)[1], layer.mlp.gate_proj.out_features) for layer in model.model.layers]
+        draws = iter(selection.random_scores(seed, [n for pair in shapes for n in pair]))
     out: dict[str, list] = {"attn": [], "mlp": [], "attn_size": [], "mlp_size": []}
     for i, layer in enumerate(model.model.layers):
         n_groups = {"attn": attn_shape(layer.self_attn)[1], "mlp": layer.mlp.gate_proj.out_features}
@@ -93,7 +95,7 @@ def width_scores(model: nn.Module, score: str, clean: Path | None = None, pertur
             g = {v: grad_tensor(f, files[v], f"model.layers.{i}.{tail}", w.shape) for v, f in handles.items()}
             sums[kind] += _group_sum(tail, WIDTH_SCORES[score](w, g.get("clean"), g.get("perturbed")), n_groups[kind])
         if random:
-            sums = {k: torch.tensor(selection.random_scores(gen, n), dtype=torch.float64) for k, n in n_groups.items()}
+            sums = {k: torch.tensor(next(draws), dtype=torch.float64) for k in n_groups}
         for k in n_groups:
             if not torch.isfinite(sums[k]).all():
                 raise PipError(f"non-finite {score} scores in layer {i} ({k}): check the gradient files")

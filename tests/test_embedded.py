@@ -19,6 +19,7 @@ from pipsteps.plan import PlanConfig
 from pipsteps.plan import run as plan
 from pipsteps.prune import PruneConfig
 from pipsteps.prune import run as prune
+from pipsteps.shape import read_shape, shape_of
 from pipsteps.surgery import load_model
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,12 @@ def test_prepared_model_is_plain_fast_loading_safetensors(smol):
     model = load_model(d / "model", torch.device("cpu"))
     assert time.perf_counter() - t < 5  # well under a second on an idle machine; generous for a busy CI box
     assert model.config.num_key_value_heads == 3
+    # the plan step's header-only shape is the loaded model's (tied head counted once: 134.5 M, not + 28 M)
+    assert read_shape(d / "model") == shape_of(model)
+    assert read_shape(d / "model").width() == {"layers": 30, "kv_heads": 3, "channels": 1536,
+                                               "kv_group_params": 2 * 3 * 64 * 576 + 2 * 64 * 576,
+                                               "channel_params": 3 * 576}
+    assert read_shape(d / "model").params_total == 134_515_008
 
 
 def test_one_pip_round_on_the_real_model(smol):

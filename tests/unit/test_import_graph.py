@@ -14,8 +14,9 @@ GRAPH = {m: set(deps.direct_imports(PKG / f"{m}.py")) - {"__init__"} for m in MO
 STEPS = {m for m in MODULES if "main_wrapper(main)" in (PKG / f"{m}.py").read_text()}
 # torch-free: the workflow (Snakefile, common.smk) and the public lazy API import these without torch
 CORE = {"errors", "methods", "layout", "deps", "config", "compute", "perturb", "pruned", "zeroshot_tasks", "runplan"}
-# the light steps and their helpers start without torch (a job's start-up is then ~0.1 s instead of ~2 s)
-LIGHT = {"files", "cli", "summarize", "tracking", "plots", "plots_width"}
+# the light steps and their helpers start without torch (a job's start-up is then ~0.1 s instead of ~2 s, ~7 s with
+# transformers); the plan step reads the model's shape from its file headers (pipsteps.shape)
+LIGHT = {"files", "cli", "summarize", "tracking", "plots", "plots_width", "plan", "unit_plans", "shape", "selection"}
 STEP_TO_STEP: set[tuple[str, str]] = set()  # what two steps share is a library module (e.g. calib_text)
 
 

@@ -10,6 +10,7 @@ from pipsteps.io import PipError, count_params
 from pipsteps.plan import PlanConfig
 from pipsteps.prune import PruneConfig
 from pipsteps.selection import RoundInputs
+from pipsteps.shape import shape_of
 from pipsteps.surgery import load_pruned, read_manifest
 
 
@@ -31,7 +32,7 @@ def plan_of(unit: str, model, method: str = "magnitude"):
     first, last = selection.protection(unit, model.config.num_hidden_layers, None, 1 if unit == "depth" else None)
     cfg = PlanConfig(unit=unit, method=method, target_ratio=0.2, rounds=2, layers_per_round=1, protect_first=first,
                      protect_last=last)
-    return units.get(unit).plan(cfg, model, count_params(model)["total"])
+    return units.get(unit).plan(cfg, shape_of(model))
 
 
 @pytest.mark.parametrize("unit", ["depth", "width"])
@@ -81,8 +82,9 @@ def test_random_scores_are_the_shared_seeded_draws(unit, tiny_dir):
     c = u.score(model, "random", cfg, RoundInputs(seed=4), plan)
     assert flat(unit, a) == flat(unit, b) and flat(unit, a) != flat(unit, c)
     gen = torch.Generator().manual_seed(selection.round_seed(3, 2))
-    first_row = a if unit == "depth" else a.values("attn")[0]
-    assert first_row == torch.rand(len(first_row), generator=gen, dtype=torch.float64).tolist()
+    rows = [a] if unit == "depth" else [row for i in range(6) for row in (a.values("attn")[i], a.values("mlp")[i])]
+    for row in rows:  # one generator per round; width draws each layer's KV groups, then its channels
+        assert row == torch.rand(len(row), generator=gen, dtype=torch.float64).tolist()
     assert u.select(model, a, plan, 2) == u.select(model, b, plan, 2)
 
 

@@ -17,7 +17,8 @@ from pipsteps.tiny import FAMILIES, tiny_model, tiny_tokenizer
 from pipsteps.selection import lowest as select_local
 from pipsteps.unit_plans import plan_width
 from pipsteps.unit_width import select_global
-from pipsteps.width import prune_width, slice_attention, width_shape
+from pipsteps.shape import shape_of
+from pipsteps.width import prune_width, slice_attention
 from pipsteps.width_scores import NEEDS, width_scores
 
 IDS = torch.randint(4, 512, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -244,7 +245,7 @@ def test_select_global_spends_a_parameter_budget_over_both_types():
 
 
 def test_plan_width_counts_and_refuses_ratios_that_empty_a_layer():
-    shape = width_shape(tiny_model("llama"))
+    shape = shape_of(tiny_model("llama")).width()
     assert shape == {"layers": 6, "kv_heads": 2, "channels": 128, "kv_group_params": 2 * 2 * 16 * 64 + 2 * 16 * 64,
                      "channel_params": 3 * 64}
     # the SmolLM2-135M shape: 30 layers, 3 KV groups of 3 query heads (head_dim 64), 1536 channels, 134.5 M params

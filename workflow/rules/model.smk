@@ -24,6 +24,8 @@ rule prepare_model:
         " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
 
 
+# The round plan of a variant, from the dense model's shape read in its file headers (no weights loaded, no
+# torch): it runs on the submit host under SLURM.
 checkpoint plan_rounds:
     input:
         model="results/base/model",
@@ -34,11 +36,12 @@ checkpoint plan_rounds:
         "logs/plan_rounds/{unit}/{method}/r{ratio}.log",
     benchmark:
         "benchmarks/plan_rounds/{unit}/{method}/r{ratio}.tsv"
+    localrule: True
     conda:
         "../../envs/pipsteps.yaml"
     resources:
-        mem_mb=16000,
-        runtime="10m",
+        mem_mb=1000,
+        runtime="5m",
     params:
         flags=P.plan_flags,
     shell:
