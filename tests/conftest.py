@@ -110,16 +110,21 @@ def task_fixtures(tmp_path_factory) -> Path:
 
 
 E2E = REPO / "tests" / "e2e" / "config.yaml"
+# How the tests schedule their workflow runs. A tiny-model job spends its time starting Python and importing torch
+# and transformers (~7 s on one core, against well under a second of work), so the tests let two GPU-token jobs
+# overlap on the two CI cores (--cores 4 books 2 threads for each): the tiny e2e run takes 105 s instead of 174 s.
+# The default profile itself keeps one such job at a time (real models are compute-bound).
+TEST_CORES = ("--cores", "4", "--resources=gpu=2")  # one argv item: targets may follow
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True):
-    """Run the real workflow through the snakemake CLI in `workdir` (default profile, 2 cores)."""
+    """Run the real workflow through the snakemake CLI in `workdir` (default profile, TEST_CORES)."""
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config or workdir / "config.yaml"),
-           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2", *args]
+           "--workflow-profile", str(REPO / "profiles" / "default"), *TEST_CORES, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import E2E, REPO, snakemake
+from conftest import E2E, REPO, TEST_CORES, snakemake
 from pipsteps.io import open_safetensors
 
 
@@ -32,7 +32,7 @@ def run_until_killed(workdir: Path, started: str, grace_s: float) -> None:
     """Start the workflow, wait until the job writing the log file `started` runs, then SIGKILL everything."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"),
-           "--workflow-profile", str(REPO / "profiles/default"), "--cores", "2"]
+           "--workflow-profile", str(REPO / "profiles/default"), *TEST_CORES]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import E2E, REPO, snakemake
+from conftest import E2E, REPO, TEST_CORES, snakemake
 from safetensors.torch import load_file
 
 from pipsteps.recover import RecoverConfig, attach, run, train
@@ -235,7 +235,7 @@ def test_workflow_recovers_resumes_after_a_kill_and_summarises_the_recovered_sta
 def snakemake_cmd(workdir: Path) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
             "--configfile", str(workdir / "config.yaml"), "--workflow-profile",
-            str(REPO / "profiles/default"), "--cores", "2"]
+            str(REPO / "profiles/default"), *TEST_CORES]
 
 
 @pytest.mark.parametrize("change,message", [  # the other combinations: tests/unit/test_recovery_data.py

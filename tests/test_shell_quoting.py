@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import E2E, REPO
+from conftest import E2E, REPO, TEST_CORES
 from pipsteps.textdata import read_rows
 
 EVIL = "'; touch PWNED; '"
@@ -70,7 +70,7 @@ def run_snakemake(setup: dict, workdir: Path, cfg: dict, *args: str, check: bool
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(setup["code"] / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"),
-           "--workflow-profile", str(setup["code"] / "profiles" / "default"), "--cores", "2", *args]
+           "--workflow-profile", str(setup["code"] / "profiles" / "default"), *TEST_CORES, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -127,7 +127,7 @@ def slurm_cluster():
 @pytest.fixture(scope="module")
 def runs(e2e_run, slurm_cluster, tmp_path_factory) -> tuple[Path, Path, str]:
     """(SLURM run, local run, SLURM run's output) of the e2e config. The local reference is the session's complete
-    tiny e2e run (tests/conftest.py: the same config through the default profile with 2 cores, the command a local
+    tiny e2e run (tests/conftest.py: the same config through the default profile with TEST_CORES, the command a local
     run here would use), read only; a second local run beside the SLURM one would only compete for the CPUs."""
     slurm_dir = tmp_path_factory.mktemp("slurm")
     shutil.copy(E2E, slurm_dir / "config.yaml")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, TEST_CORES
 from pipsteps.config import ConfigError, check_config
 from pipsteps.io import PipError
 from pipsteps.zeroshot import ZeroShotConfig, main, parse_limits
@@ -273,7 +273,7 @@ def snakemake(workdir: Path, cfg: dict, *args: str) -> subprocess.CompletedProce
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"),
-           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2", *args]
+           "--workflow-profile", str(REPO / "profiles" / "default"), *TEST_CORES, *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 
