@@ -59,12 +59,7 @@ def _shape(layers: int, total: int, layer0: dict[str, int], kv_rows: int, channe
 
 def shape_of(model: Any) -> ModelShape:
     """The shape of a loaded (dense) Hugging Face decoder model."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
     layers = model.model.layers
     attn = layers[0].self_attn
     layer0 = {k: p.numel() for k, p in layers[0].named_parameters()}

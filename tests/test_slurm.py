@@ -184,8 +184,10 @@ def test_every_job_went_through_sbatch(runs):
     expected = jobs_per_rule(local_run)
     assert jobs_per_rule(slurm_run) == expected
     assert CORE_RULES | {"track_mlflow"} <= set(expected)
-    # local rules (MLflow import) ran on the submit host; every other job was an sbatch job with its own log
-    ran_locally = set(re.findall(r"^localrule (\w+):$", output, re.M)) - {"all"}
+    # local rules (round plans, final-model links, MLflow import) ran on the submit host; every other job was an
+    # sbatch job with its own log
+    ran_locally = set(re.findall(r"^local(?:rule|checkpoint) (\w+):$", output, re.M)) - {"all"}
+    assert "plan_rounds" in ran_locally
     assert ran_locally == local_rules & set(expected), ran_locally
     assert {rule: len(v) for rule, v in ids.items()} == {r: n for r, n in expected.items() if r not in local_rules}
     all_ids = [i for v in ids.values() for i in v]
