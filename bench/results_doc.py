@@ -16,64 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from protocol import REPO, is_pip
-
-Result = dict[str, Any]
-
-
-def base_method(method: str) -> str:
-    return "random" if method.startswith("random_s") else method
-
-
-
-def fmt(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def mean_std(values: list[float], digits: int = 1) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return fmt(values[0], digits)
-    return f"{fmt(statistics.fmean(values), digits)} ± {fmt(statistics.stdev(values), digits)}"
-
-
-def pct(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:.1f}"
-
-
-def verdict(wins: int, losses: int, n: int, expected: int, a: str, b: str) -> str:
-    """The stated claim rule, applied to k wins and l losses out of n paired cells (expected: domains × seeds)."""
-    need = math.ceil(expected * 5 / 6)
-    if n < expected:
-        return f"incomplete ({n} of {expected} paired cells)"
-    if wins >= need:
-        return f"`{a}` beats `{b}`"
-    if losses >= need:
-        return f"`{b}` beats `{a}`"
-    return "no clear difference"
-
-
-def paired(cells: list[Result], pip: str, best: dict[str, str], primary: str) -> tuple[int, int, int, float | None]:
-    """(wins, losses, n, mean relative difference pip/base − 1) over the cells holding both the PIP method and its
-    domain's best non-PIP method."""
-    rel, wins, losses = [], 0, 0
-    for c in cells:
-        v = c["variants"]
-        other = best.get(c["cell"]["domain"])
-        if pip not in v or other not in v:
-            continue
-        a, b = v[pip]["ppl"][primary], v[other]["ppl"][primary]
-        wins, losses = wins + (a < b), losses + (a > b)
-        rel.append(a / b - 1)
-    return wins, losses, len(rel), (statistics.fmean(rel) if rel else None)
+from protocol import REPO
+from results_stats import Result, base_method, comparisons, fmt, mean_std, pct, signed
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -101,27 +50,58 @@ def block_section(block: dict, cells: list[Result], proto: dict, expected_names:
                 row.append(f"{mean_std(got)} ({' / '.join(fmt(v) for v in vals)})" if got else "–")
             lines.append(f"| `{m}` | " + " | ".join(row) + " |")
         lines.append("")
-    best = {}
-    for d in domains:
-        means = {m: statistics.fmean(vals) for m in methods if not is_pip(m)
-                 for vals in [[have[(d, s)]["variants"][m]["ppl"][primary] for s in seeds
-                               if (d, s) in have and m in have[(d, s)]["variants"]]] if vals}
-        if means:
-            best[d] = min(means, key=means.get)
-    expected = len(domains) * len(seeds)
+    best, rows = comparisons(cells, proto)
     lines += [f"Paired comparison on `{primary}` with the best non-PIP method of each domain ("
               + ", ".join(f"{d}: `{b}`" for d, b in best.items()) + "). A relative difference below 0 means the PIP "
               "method has the lower perplexity.", "",
               "| PIP method | wins | mean relative difference % | verdict |", "|---|---|---|---|"]
-    for m in methods:
-        if is_pip(m):
-            w, lo, n, rel = paired(cells, m, best, primary)
-            lines.append(f"| `{m}` | {w} of {n} | {pct(rel)} | {verdict(w, lo, n, expected, m, 'best non-PIP')} |")
+    lines += [f"| `{r['method']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |" for r in rows]
     lines.append("")
+    lines += same_views(cells)
     lines += zero_shot_table(cells, seeds, domains)
     if any(c.get("wall_s", {}).get("recovery") is not None for c in cells):
         lines += recovery_table(cells, primary, seeds, domains)
     return lines
+
+
+def same_views(cells: list[Result]) -> list[str]:
+    """Pairs of perturbed views whose calibration text came out identical (same calibration hash): their variants
+    are the same runs, not independent evidence."""
+    views = sorted({v for c in cells for v in c.get("calibration", {})})
+    lines = []
+    for i, a in enumerate(views):
+        for b in views[i + 1:]:
+            both = [c for c in cells if {a, b} <= set(c.get("calibration", {}))]
+            same = sum(c["calibration"][a]["calibration_hash"] == c["calibration"][b]["calibration_hash"]
+                       for c in both)
+            if same:
+                lines.append(f"The `{b}` view is the `{a}` view's calibration text (same calibration hash) in {same} "
+                             f"of {len(both)} cells: there, `@{b}` variants repeat the `@{a}` ones.")
+    return lines + [""] if lines else []
+
+
+def summary(proto: dict, results: list[Result]) -> list[str]:
+    """A table of each block's headline comparisons: the best PIP method of every perturbed view and `pip` itself
+    (the unit's default score), each against the best baseline, with the claim rule's verdict."""
+    expected = len(proto["domains"]) * len(proto["seeds"])
+    lines = ["| block | cells | PIP method | wins against the best baseline | mean PPL difference | zero-shot avg / "
+             "without BoolQ %, PIP vs baseline | verdict |", "|---|---|---|---|---|---|---|"]
+    for b in proto["blocks"]:
+        name = f"{b['unit']} {float(b['ratio']):.0%}"
+        cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == (b["unit"], float(b["ratio"]))]
+        if not cells:
+            lines.append(f"| {name} | 0 of {expected} | – | – | – | – | no cell yet |")
+            continue
+        best, rows = comparisons(cells, proto)
+        ranked = sorted(rows, key=lambda r: r["rel"] if r["rel"] is not None else math.inf)
+        top = {}
+        for r in ranked:
+            top.setdefault(r["method"].partition("@")[2], r)
+        shown = [r for r in ranked if r in top.values() or r["method"] == "pip"]
+        base = ", ".join(f"`{m}`" for m in dict.fromkeys(best.values()))
+        lines += [f"| {name} | {len(cells)} of {expected} | `{r['method']}` | {r['wins']} of {r['n']} ({base}) | "
+                  f"{signed(r['rel'])} | {r['zs']} | {r['verdict']} |" for r in shown]
+    return lines + ([""] + same_views(results)[:-1] if same_views(results) else [])
 
 
 def cell_name(c: Result) -> str:
@@ -176,7 +156,8 @@ def render(proto: dict, results: list[Result], dense: Result | None, protocol_fi
            (f"; zero-shot: {len(zs.get('tasks', []))} tasks, first {zs.get('limit')} examples each." if zs else "."),
            "",
            "Claim rule: a method beats another only where it wins at least 5 of the 6 paired cells (2 calibration "
-           "domains × 3 seeds, same calibration text and seed for both); otherwise there is no clear difference.", ""]
+           "domains × 3 seeds, same calibration text and seed for both); otherwise there is no clear difference.", "",
+           "## Summary", "", *summary(proto, results), ""]
     if dense:
         z = dense.get("zero_shot")
         out += ["## Dense model", "", "| " + " | ".join(f"PPL `{d}`" for d in dense["ppl"]) +
@@ -216,26 +197,53 @@ def doc_path(protocol_file: Path) -> Path:
     return REPO / "docs" / (protocol_file.stem.replace("protocol", "results", 1) + ".md")
 
 
+def readme_with(readme: str, name: str, table: list[str]) -> str:
+    """README text with the block between its markers for protocol `name` replaced by `table` (unchanged when the
+    README has no such markers)."""
+    begin, end = f"<!-- results_doc {name}: generated from bench/results/{name}, do not edit -->", \
+        f"<!-- end results_doc {name} -->"
+    if begin not in readme or end not in readme:
+        return readme
+    head, _, rest = readme.partition(begin)
+    return head + begin + "\n" + "\n".join(table) + "\n" + end + rest.partition(end)[2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", type=Path, default=REPO / "bench" / "protocol.yaml")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--out", type=Path, help="default: docs/results.md for protocol.yaml, docs/results-X.md for "
                    "protocol-X.yaml")
-    p.add_argument("--check", action="store_true", help="exit 1 if --out differs from the regenerated text")
+    p.add_argument("--readme", type=Path, default=REPO / "README.md", help="its block between the protocol's "
+                   "results_doc markers gets the summary table")
+    p.add_argument("--check", action="store_true", help="exit 1 if --out or the README block differs from the "
+                   "regenerated text")
     ns = p.parse_args()
     proto = yaml.safe_load(ns.protocol.read_text())
     ns.out = ns.out or doc_path(ns.protocol)
     results, dense = load(ns.results / proto["name"])
     text = render(proto, results, dense, ns.protocol.name)
+    readme = ns.readme.read_text() if ns.readme.exists() else ""
+    new_readme = readme_with(readme, proto["name"], summary(proto, results))
     if ns.check:
-        if not ns.out.exists() or ns.out.read_text() != text:
-            sys.exit(f"{ns.out} is not what {ns.results / proto['name']} gives: run python bench/results_doc.py "
-                     f"--protocol {ns.protocol}")
+        for path, want, have in ((ns.out, text, ns.out.read_text() if ns.out.exists() else None),
+                                 (ns.readme, new_readme, readme)):
+            if want != have:
+                sys.exit(f"{path} is not what {ns.results / proto['name']} gives: run python bench/results_doc.py "
+                         f"--protocol {ns.protocol}")
         return
     ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(text)
-    print(f"wrote {ns.out} ({len(results)} cells)")
+    atomic_write(ns.out, text)
+    if new_readme != readme:
+        atomic_write(ns.readme, new_readme)
+    print(f"wrote {ns.out} ({len(results)} cells)" + (f" and the summary in {ns.readme}" if new_readme != readme
+                                                      else ""))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_tables_means_paired_wins_and_rule():
     assert "| `taylor` | 100.0 ± 2.0 (100.0 / 98.0 / 102.0) |" in text
     assert "a: `taylor`, b: `taylor_sq`" in text
     rel = (90 / 100 + 95 / 98 + 99 / 102 + 45 / 50 + 48 / 49 + 55 / 51) / 6 - 1
-    assert f"| `pip` | 5 of 6 | {rel * 100:.1f} | `pip` beats `best non-PIP` |" in text
+    assert f"| `pip` | 5 of 6 | {rel * 100:.1f} | `pip` beats the best non-PIP method |" in text
     assert "Cells: 6 of 6\n" in text and "missing (the dense run" in text
     cells[2]["variants"]["pip"]["ppl"]["wt"] = 150  # a second loss: 4 of 6 is no clear difference
     assert "| `pip` | 4 of 6 |" in results_doc.render(FAKE_PROTO, cells, None)
@@ -132,6 +133,43 @@ def test_tables_report_missing_cells():
     assert "(90.0 / – / –)" in text  # the missing seeds are shown as such, not dropped
 
 
+def test_summary_names_the_baseline_ranks_the_variants_and_pairs_zero_shot():
+    # one best baseline in both domains (taylor): the verdict names it; pip loses 6 of 6, pip-fisher_diff wins 6
+    cells = [fake_cell(d, s, {"pip": 130, "pip-fisher_diff": 90 + s, "pip-fisher_ps": 95 + s, "taylor": 100,
+                              "taylor_sq": 120}) for d in "ab" for s in (0, 1, 2)]
+    for c in cells:  # zero-shot: fake_cell evaluates the best PIP variant; the baseline too
+        c["variants"]["taylor"]["zero_shot"] = {"avg": 0.5, "avg_wo_boolq": 0.45, "tasks": {}}
+    rows = results_doc.summary(FAKE_PROTO, cells)
+    rel = statistics.fmean([(90 + s) / 100 - 1 for s in (0, 1, 2)])
+    # the best PIP method of the (only) view first, then `pip` itself; pip-fisher_ps, neither, is left out
+    assert rows[2:] == [
+        f"| width 20% | 6 of 6 | `pip-fisher_diff` | 6 of 6 (`taylor`) | {rel * 100:+.1f}% | "
+        "40.0 / 35.0 vs 50.0 / 45.0 (6 cells) | `pip-fisher_diff` beats `taylor` |",
+        "| width 20% | 6 of 6 | `pip` | 0 of 6 (`taylor`) | +30.0% | – | `taylor` beats `pip` |"]
+    assert results_doc.summary({**FAKE_PROTO, "blocks": [{"unit": "depth", "ratio": 0.2}]}, cells)[2] == \
+        "| depth 20% | 0 of 6 | – | – | – | – | no cell yet |"
+
+
+def test_summary_flags_views_that_came_out_identical():
+    cells = [fake_cell("a", s, {"pip": 90, "pip@guided": 80, "pip@llm": 80, "taylor": 100}) for s in (0, 1)]
+    for c, llm_hash in zip(cells, ("g0", "other")):  # seed 0: the llm view came out as the guided one
+        c["calibration"] = {"default": {"calibration_hash": "r"}, "guided": {"calibration_hash": f"g{c['cell']['seed']}"},
+                            "llm": {"calibration_hash": llm_hash}}
+    rows = results_doc.summary(FAKE_PROTO, cells)
+    # the best of each view: pip@guided and pip@llm tie (the first listed wins), pip is the rule-based view's best
+    assert [r.split(" | ")[2] for r in rows[2:5]] == ["`pip@guided`", "`pip@llm`", "`pip`"]
+    assert rows[-1] == ("The `llm` view is the `guided` view's calibration text (same calibration hash) in 1 of 2 "
+                        "cells: there, `@llm` variants repeat the `@guided` ones.")
+
+
+def test_readme_block_is_replaced_between_its_markers_only(tmp_path):
+    begin = "<!-- results_doc fake: generated from bench/results/fake, do not edit -->"
+    end = "<!-- end results_doc fake -->"
+    readme = f"intro\n{begin}\nold row\n{end}\noutro\n"
+    assert results_doc.readme_with(readme, "fake", ["| a |", "| b |"]) == f"intro\n{begin}\n| a |\n| b |\n{end}\noutro\n"
+    assert results_doc.readme_with(readme, "other", ["| a |"]) == readme  # no markers for that protocol
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bench").glob("protocol*.yaml")))
 def test_committed_results_doc_is_regenerated_bit_for_bit(tmp_path, name):
     cmd = [sys.executable, str(REPO / "bench" / "results_doc.py"), "--protocol", str(REPO / "bench" / name), "--check"]
@@ -141,6 +179,15 @@ def test_committed_results_doc_is_regenerated_bit_for_bit(tmp_path, name):
     doc.write_text(results_doc.doc_path(Path(name)).read_text() + "| a figure typed by hand | 1.0 |\n")
     bad = subprocess.run([*cmd, "--out", str(doc)], capture_output=True, text=True)
     assert bad.returncode == 1 and f"run python bench/results_doc.py --protocol {REPO / 'bench' / name}" in bad.stderr
+    # the README's generated summary is checked too: a hand-edited row fails
+    name_in_readme = yaml.safe_load((REPO / "bench" / name).read_text())["name"]
+    readme = (REPO / "README.md").read_text()
+    begin = f"<!-- results_doc {name_in_readme}: generated from bench/results/{name_in_readme}, do not edit -->"
+    assert begin in readme, f"README.md has no generated summary of {name}"
+    edited = tmp_path / "README.md"
+    edited.write_text(readme.replace(begin, begin + "\n| a row typed by hand |"))
+    bad = subprocess.run([*cmd, "--readme", str(edited)], capture_output=True, text=True)
+    assert bad.returncode == 1 and f"{edited} is not what" in bad.stderr
 
 
 def compare(tmp_path: Path, proto: Path, *args: str) -> subprocess.CompletedProcess:

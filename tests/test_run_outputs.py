@@ -197,6 +197,6 @@ def test_report_shows_the_width_scores_with_their_caption(width_run, tmp_path):
     html = report.read_text()
     assert "MLP channel scores" in html and "width/pip-fisher_diff/r0.2" in html
     # the captions read the unit's own config block, and render without reStructuredText warnings
-    assert "prune.width.score: taylor_diff" in html and "taylor_diff</tt> for PIP" in html
+    assert "prune.width.score: fisher_diff" in html and "fisher_diff</tt> for PIP" in html
     assert "(WARNING" not in out
     assert "PIP summary" not in proc.stdout

@@ -63,13 +63,13 @@ def test_what_other_methods_read():
     assert "--own-grads" not in p.round_flags(sleb, 2) and "--micro-batch" in p.round_flags(sleb, 2)
     assert p.round_inputs(wc(unit="depth", method="block_influence")) == {
         "influence": "results/base/block_influence.json"}
-    assert p.prune_score(wc(method="taylor")) == "none" and p.prune_score(wc()) == "taylor_diff"
+    assert p.prune_score(wc(method="taylor")) == "none" and p.prune_score(wc()) == "fisher_diff"
 
 
 def test_each_unit_reads_only_its_own_block():
     """A width setting changes only the width plans' flags and scores, a depth setting only the depth ones."""
     base = plan()
-    width = plan(width={"score": "fisher_diff", "rounds": 2, "ranking": "global", "protect_first": 1})
+    width = plan(width={"score": "taylor_diff", "rounds": 2, "ranking": "global", "protect_first": 1})
     depth = plan(depth={"score": "gap_greedy", "layers_per_round": 3, "protect_last": 2})
     w, d = wc(), wc(unit="depth")
     assert base.plan_flags(w) == "--rounds 4 --ranking local --protect-first None --protect-last None"
@@ -77,8 +77,8 @@ def test_each_unit_reads_only_its_own_block():
     assert width.plan_flags(w) == "--rounds 2 --ranking global --protect-first 1 --protect-last None"
     assert width.plan_flags(d) == base.plan_flags(d) and depth.plan_flags(w) == base.plan_flags(w)
     assert depth.plan_flags(d) == "--layers-per-round 3 --protect-first None --protect-last 2"
-    assert (width.prune_score(w), width.prune_score(d)) == ("fisher_diff", "norm_diff")
-    assert (depth.prune_score(w), depth.prune_score(d)) == ("taylor_diff", "gap_greedy")
+    assert (width.prune_score(w), width.prune_score(d)) == ("taylor_diff", "norm_diff")
+    assert (depth.prune_score(w), depth.prune_score(d)) == ("fisher_diff", "gap_greedy")
     assert depth.round_inputs(wc(unit="depth", round="2")) == {  # gap_greedy: forward passes on both views
         "calib_clean": "results/calibration/clean.safetensors",
         "calib_perturbed": "results/calibration/perturbed.safetensors"}

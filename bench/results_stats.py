@@ -1,0 +1,109 @@
+"""The statistics behind the generated result pages (bench/results_doc.py): per-method means, the paired
+comparison of a PIP method with the best non-PIP method of each calibration domain, and the claim rule.
+
+The claim rule: A beats B only where A wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's
+domains × seeds⌉) and every cell is present; otherwise there is no clear difference.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from protocol import is_pip
+
+Result = dict[str, Any]
+
+
+def base_method(method: str) -> str:
+    return "random" if method.startswith("random_s") else method
+
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def mean_std(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt(values[0], digits)
+    return f"{fmt(statistics.fmean(values), digits)} ± {fmt(statistics.stdev(values), digits)}"
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f}"
+
+
+def signed(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:+.1f}%"
+
+
+def verdict(wins: int, losses: int, n: int, expected: int, a: str, b: str) -> str:
+    """The stated claim rule, applied to k wins and l losses out of n paired cells (expected: domains × seeds)."""
+    need = math.ceil(expected * 5 / 6)
+    if n < expected:
+        return f"incomplete ({n} of {expected} paired cells)"
+    if wins >= need:
+        return f"{a} beats {b}"
+    if losses >= need:
+        return f"{b} beats {a}"
+    return "no clear difference"
+
+
+def paired(cells: list[Result], pip: str, best: dict[str, str], primary: str) -> tuple[int, int, int, float | None]:
+    """(wins, losses, n, mean relative difference pip/base − 1) over the cells holding both the PIP method and its
+    domain's best non-PIP method."""
+    rel, wins, losses = [], 0, 0
+    for c in cells:
+        v = c["variants"]
+        other = best.get(c["cell"]["domain"])
+        if pip not in v or other not in v:
+            continue
+        a, b = v[pip]["ppl"][primary], v[other]["ppl"][primary]
+        wins, losses = wins + (a < b), losses + (a > b)
+        rel.append(a / b - 1)
+    return wins, losses, len(rel), (statistics.fmean(rel) if rel else None)
+
+
+def best_baselines(cells: list[Result], proto: dict) -> dict[str, str]:
+    """The non-PIP method with the lowest mean primary PPL in each calibration domain."""
+    primary, best = proto["eval"]["primary"], {}
+    methods = list(dict.fromkeys(base_method(m) for c in cells for m in c["variants"] if not is_pip(m)))
+    for d in proto["domains"]:
+        means = {m: statistics.fmean(vals) for m in methods
+                 for vals in [[c["variants"][m]["ppl"][primary] for c in cells
+                               if c["cell"]["domain"] == d and m in c["variants"]]] if vals}
+        if means:
+            best[d] = min(means, key=means.get)
+    return best
+
+
+def comparisons(cells: list[Result], proto: dict) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """(best baseline per domain, one paired comparison per PIP method: wins, losses, n, rel, verdict), the PIP
+    methods in the order the cells list them."""
+    best = best_baselines(cells, proto)
+    names = set(best.values())
+    other = f"`{next(iter(names))}`" if len(names) == 1 else "the best non-PIP method"
+    expected = len(proto["domains"]) * len(proto["seeds"])
+    rows = []
+    for m in dict.fromkeys(base_method(m) for c in cells for m in c["variants"]):
+        if is_pip(m):
+            w, lo, n, rel = paired(cells, m, best, proto["eval"]["primary"])
+            rows.append({"method": m, "wins": w, "losses": lo, "n": n, "rel": rel, "zs": zero_shot_pair(cells, m, best),
+                         "verdict": verdict(w, lo, n, expected, f"`{m}`", other)})
+    return best, rows
+
+
+def zero_shot_pair(cells: list[Result], pip: str, best: dict[str, str]) -> str:
+    """Mean zero-shot average (and without BoolQ) of `pip` and of its domain's best baseline over the cells where
+    both were evaluated (the protocol evaluates each cell's best PIP variant and best baseline)."""
+    pairs = [(v[pip]["zero_shot"], v[best[c["cell"]["domain"]]]["zero_shot"]) for c in cells
+             for v in [c["variants"]] if best.get(c["cell"]["domain"]) in v and pip in v
+             and v[pip].get("zero_shot") and v[best[c["cell"]["domain"]]].get("zero_shot")]
+    if not pairs:
+        return "–"
+    mean = [pct(statistics.fmean(z[i][k] for z in pairs)) for i in (0, 1) for k in ("avg", "avg_wo_boolq")]
+    return f"{mean[0]} / {mean[1]} vs {mean[2]} / {mean[3]} ({len(pairs)} cell{'s' * (len(pairs) > 1)})"
