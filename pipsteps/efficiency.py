@@ -1,6 +1,8 @@
-"""Step: inference efficiency of a pruned variant vs the dense model, same device, same process (docs/evaluation.md).
+"""Step: inference efficiency of the pruned variants vs the dense model, same device, same process (docs/evaluation.md).
 
-For each model (dense first, then pruned; loaded one at a time with `load_pruned`) and each batch size b:
+One job measures the dense model once, then each variant (loaded one at a time with `load_model`), and writes one
+efficiency.json per variant with the dense figures beside the variant's: every speedup of a run compares models
+measured under the same conditions. For each model and each batch size b:
 
     prefill   one forward pass over a (b, prompt_len) prompt with the KV cache on; latency in ms
     decode    `new_tokens` greedy single-token steps on that cache; tokens/s = b * new_tokens / decode time
@@ -30,7 +32,7 @@ import torch
 from pipsteps import cli
 from pipsteps.compute import ComputeConfig
 from pipsteps.errors import PipError
-from pipsteps.files import write_json
+from pipsteps.files import atomic_outputs, write_json
 from pipsteps.io import count_params, resolve_device, resolve_dtype, set_threads
 from pipsteps.surgery import load_model
 
@@ -166,35 +168,50 @@ def profile_model(model_dir: Path, cfg: EfficiencyConfig, device: torch.device, 
     return result
 
 
-def run(cfg: EfficiencyConfig, dense_dir: Path, pruned_dir: Path) -> dict[str, Any]:
-    set_threads(cfg.threads)
-    device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
-    dtype = resolve_dtype(cfg.dtype, device)
-    dense = profile_model(dense_dir, cfg, device, dtype)
-    pruned = profile_model(pruned_dir, cfg, device, dtype)
+def compare(dense: dict[str, Any], pruned: dict[str, Any]) -> dict[str, Any]:
+    """A variant's figures against the dense model's: achieved ratios and speedups (dense time / pruned time)."""
     speedup = {b: {"prefill": dense["batches"][b]["prefill_ms"] / pruned["batches"][b]["prefill_ms"],
                    "decode": pruned["batches"][b]["decode_tokens_per_s"] / dense["batches"][b]["decode_tokens_per_s"]}
                for b in dense["batches"]}
-    return {"device": str(device), "device_map": cfg.device_map if device.type == "cuda" else None,
-            "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "dense": dense, "pruned": pruned,
+    return {"dense": dense, "pruned": pruned,
             "achieved_ratio": 1 - pruned["params_total"] / dense["params_total"],
             "achieved_ratio_non_embedding": 1 - pruned["params_non_embedding"] / dense["params_non_embedding"],
             "speedup": speedup}
 
 
+def run(cfg: EfficiencyConfig, dense_dir: Path, pruned_dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """{stage: result} for the variants `pruned_dirs` ({stage: model directory}); the dense model is measured once."""
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device, require_gpu=cfg.require_gpu)
+    dtype = resolve_dtype(cfg.dtype, device)
+    common = {"device": str(device), "device_map": cfg.device_map if device.type == "cuda" else None,
+              "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads()}
+    log.info("dense model %s", dense_dir)
+    dense = profile_model(dense_dir, cfg, device, dtype)
+    results = {}
+    for i, (stage, pruned_dir) in enumerate(pruned_dirs.items(), 1):
+        log.info("variant %d of %d: %s", i, len(pruned_dirs), stage)
+        results[stage] = {**common, **compare(dense, profile_model(pruned_dir, cfg, device, dtype))}
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dense", required=True, type=Path, help="dense model directory")
-        p.add_argument("--pruned", required=True, type=Path, help="pruned model directory")
-        p.add_argument("--stage", default="", help="stage name recorded in the output")
-        p.add_argument("--out", required=True, type=Path, help="output efficiency JSON")
+        p.add_argument("--pruned", required=True, nargs="+", type=Path, help="pruned model directory of each variant")
+        p.add_argument("--stages", required=True, nargs="+", help="stage name of each variant, in --pruned order")
+        p.add_argument("--out", required=True, nargs="+", type=Path, help="output efficiency JSON of each variant")
 
     cfg, ns = cli.parse(EfficiencyConfig, argv, __doc__.splitlines()[0], extra)
-    result = run(cfg, ns.dense, ns.pruned)
-    write_json(ns.out, {"config": asdict(cfg), "stage": ns.stage, **result})
-    log.info("%s: params %d -> %d (ratio %.4f); speedup %s", ns.stage, result["dense"]["params_total"],
-             result["pruned"]["params_total"], result["achieved_ratio"], result["speedup"])
+    if not len(ns.pruned) == len(ns.stages) == len(ns.out):
+        raise PipError(f"--pruned, --stages and --out need one entry per variant, got {len(ns.pruned)}, "
+                       f"{len(ns.stages)} and {len(ns.out)}")
+    results = run(cfg, ns.dense, dict(zip(ns.stages, ns.pruned)))
+    with atomic_outputs(*ns.out) as outs:  # every variant's file, final together
+        for out, (stage, result) in zip(outs, results.items()):
+            write_json(out, {"config": asdict(cfg), "stage": stage, **result})
+            log.info("%s: params %d -> %d (ratio %.4f); speedup %s", stage, result["dense"]["params_total"],
+                     result["pruned"]["params_total"], result["achieved_ratio"], result["speedup"])
 
 
 if __name__ == "__main__":

@@ -248,8 +248,13 @@ class RunPlan:
     def efficiency_cfg(self) -> dict[str, Any]:
         return self.config["eval"]["efficiency"]
 
+    def variant_models(self) -> list[str]:
+        """The final model of every pruned variant, in variants() order."""
+        return [R(L.model(v)) for v in self.variants()]
+
     def efficiency_outputs(self) -> list[str]:
-        """efficiency.json of every pruned variant (the dense model is measured beside it, in the same job)."""
+        """efficiency.json of every pruned variant, in variants() order (one job measures them all, and the dense
+        model once)."""
         if not self.efficiency_cfg()["enabled"]:
             return []
         return [R(L.evaluation(s, "efficiency")) for s in self.variants()]

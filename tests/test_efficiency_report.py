@@ -42,9 +42,22 @@ def pruned_dir(tiny_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def eff(tiny_dir: Path, pruned_dir: Path) -> dict:
+def effs(tiny_dir: Path, pruned_dir: Path) -> dict:
     cfg = EfficiencyConfig(prompt_len=8, new_tokens=3, batch_sizes=(1, 3), repeats=2, device="cpu", threads=1)
-    return run(cfg, tiny_dir, pruned_dir)
+    return run(cfg, tiny_dir, {"depth/pip/r0.3": pruned_dir, "depth/random/r0.3": tiny_dir})
+
+
+@pytest.fixture(scope="module")
+def eff(effs: dict) -> dict:
+    return effs["depth/pip/r0.3"]
+
+
+def test_one_job_measures_the_dense_model_once_for_every_variant(effs, tiny_dir):
+    assert list(effs) == ["depth/pip/r0.3", "depth/random/r0.3"]
+    a, b = effs.values()
+    assert a["dense"] is b["dense"]  # one measurement, shared, not one per variant
+    assert b["pruned"]["model"] == str(tiny_dir) and b["achieved_ratio"] == 0.0  # the dense model as a "variant"
+    assert a["pruned"]["params_total"] < b["pruned"]["params_total"]
 
 
 def test_params_and_ratio_match_direct_counts(eff, tiny_dir, pruned_dir):
@@ -90,14 +103,19 @@ def test_timed_decode_is_real_greedy_generation(pruned_dir):
     assert torch.equal(logits[:, 6:].argmax(-1), tokens)
 
 
-def test_bad_settings_fail_with_one_clear_line(tiny_dir, pruned_dir):
+def test_bad_settings_fail_with_one_clear_line(tiny_dir, pruned_dir, tmp_path):
     with pytest.raises(PipError, match="eval.efficiency.repeats must be at least 1"):
         EfficiencyConfig(repeats=0)
     with pytest.raises(PipError, match="eval.efficiency.batch_sizes"):
         EfficiencyConfig(batch_sizes=(0,))
     cfg = EfficiencyConfig(prompt_len=2040, new_tokens=16, batch_sizes=(1,), repeats=1, device="cpu")
     with pytest.raises(PipError, match=r"prompt_len \+ new_tokens = 2056 exceeds the model's max_position_emb"):
-        run(cfg, tiny_dir, pruned_dir)
+        run(cfg, tiny_dir, {"depth/pip/r0.3": pruned_dir})
+    proc = subprocess.run([sys.executable, "-m", "pipsteps.efficiency", "--dense", str(tiny_dir), "--pruned",
+                           str(pruned_dir), str(pruned_dir), "--stages", "a", "--out", "a.json", "b.json"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].endswith(
+        "--pruned, --stages and --out need one entry per variant, got 2, 1 and 2") and not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- plots from a hand-made results tree
@@ -163,8 +181,10 @@ def test_workflow_writes_efficiency_and_summary_columns(e2e_run):
             assert float(table[stage][f"decode_tok_s@bs{b}"]) == pytest.approx(m["decode_tokens_per_s"], abs=0.1)
     dense = json.loads((r / "depth/pip/r0.2/eval/efficiency.json").read_text())["dense"]
     assert float(table["dense"]["peak_mem_mb"]) == pytest.approx(dense["peak_mem_mb"], abs=0.1)
-    assert (e2e_run / "benchmarks/measure_efficiency/depth/pip/r0.2.tsv").read_text().startswith("s\t")
-    assert "speedup" in (e2e_run / "logs/measure_efficiency/depth/pip/r0.2.log").read_text()
+    assert json.loads((r / "depth/random/r0.2/eval/efficiency.json").read_text())["dense"] == dense  # measured once
+    assert (e2e_run / "benchmarks/measure_efficiency/efficiency.tsv").read_text().startswith("s\t")
+    log = (e2e_run / "logs/measure_efficiency/efficiency.log").read_text()
+    assert log.count("dense model") == 1 and log.count("speedup") == 2
 
 
 def test_workflow_plots_are_valid_pngs(e2e_run):
@@ -194,7 +214,7 @@ def test_snakemake_report_builds_with_the_plots_and_the_table(e2e_run, tmp_path)
 
 
 @pytest.mark.parametrize("change,expected", [
-    ({"repeats": 3}, {"measure_efficiency": 2, "plot_latency": 1, "summarize": 1, "plot_results": 1}),
+    ({"repeats": 3}, {"measure_efficiency": 1, "plot_latency": 1, "summarize": 1, "plot_results": 1}),
     ({"enabled": False}, {"summarize": 1, "plot_results": 1}),  # no measurement, no latency plot, no columns
 ])
 def test_efficiency_settings_rerun_only_measurement_summary_and_plots(e2e_run, change, expected):

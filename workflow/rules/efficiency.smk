@@ -1,16 +1,16 @@
-# Inference cost of each pruned variant against the dense model: both are measured in the same job, on the same
-# device, one after the other (eval.efficiency).
+# Inference cost of the pruned variants against the dense model (eval.efficiency): one job measures the dense model
+# once and then each variant, on the same device, and writes one efficiency.json per variant.
 rule measure_efficiency:
     input:
         dense="results/base/model",
-        pruned=P.stage_model,
+        pruned=P.variant_models(),
         code=step_code("efficiency"),
     output:
-        efficiency="results/{stage}/eval/efficiency.json",
+        efficiency=P.efficiency_outputs(),
     log:
-        "logs/measure_efficiency/{stage}.log",
+        "logs/measure_efficiency/efficiency.log",
     benchmark:
-        "benchmarks/measure_efficiency/{stage}.tsv"
+        "benchmarks/measure_efficiency/efficiency.tsv"
     conda:
         "../../envs/pipsteps.yaml"
     threads: 2
@@ -23,9 +23,10 @@ rule measure_efficiency:
         new_tokens=lookup(dpath="eval/efficiency/new_tokens", within=config),
         batch_sizes=lookup(dpath="eval/efficiency/batch_sizes", within=config),
         repeats=lookup(dpath="eval/efficiency/repeats", within=config),
+        stages=P.variants(),
         compute=P.compute_flags(),
     shell:
         "python -m pipsteps.efficiency --prompt-len {params.prompt_len} --new-tokens {params.new_tokens}"
         " --batch-sizes {params.batch_sizes} --repeats {params.repeats}"
-        " {params.compute} --threads {threads} --dense {input.dense} --pruned {input.pruned}"
-        " --stage {wildcards.stage} --out {output.efficiency} > {log} 2>&1"
+        " {params.compute} --threads {threads} --dense {input.dense:q} --pruned {input.pruned:q}"
+        " --stages {params.stages:q} --out {output.efficiency:q} > {log} 2>&1"
