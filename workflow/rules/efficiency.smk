@@ -17,7 +17,7 @@ rule measure_efficiency:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime="1h",
+        runtime="2h",
     params:
         prompt_len=lookup(dpath="eval/efficiency/prompt_len", within=config),
         new_tokens=lookup(dpath="eval/efficiency/new_tokens", within=config),
