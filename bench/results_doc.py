@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from protocol import REPO
-from results_stats import Result, base_method, comparisons, fmt, mean_std, pct, signed
+from results_stats import Result, base_method, comparisons, fmt, mean_std, pct, signed, view_comparisons
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -57,6 +57,14 @@ def block_section(block: dict, cells: list[Result], proto: dict, expected_names:
               "| PIP method | wins | mean relative difference % | verdict |", "|---|---|---|---|"]
     lines += [f"| `{r['method']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |" for r in rows]
     lines.append("")
+    views = view_comparisons(cells, proto)
+    if views:
+        lines += ["Each PIP method on an LLM-made view against the same method on the rule-based view, paired on "
+                  f"`{primary}` (below 0: the LLM-made view gives the lower perplexity):", "",
+                  "| PIP method | against | wins | mean relative difference % | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| `{r['method']}` | `{r['base']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |"
+                  for r in views]
+        lines.append("")
     lines += same_views(cells)
     lines += zero_shot_table(cells, seeds, domains)
     if any(c.get("wall_s", {}).get("recovery") is not None for c in cells):
@@ -86,6 +94,7 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
     expected = len(proto["domains"]) * len(proto["seeds"])
     lines = ["| block | cells | PIP method | wins against the best baseline | mean PPL difference | zero-shot avg / "
              "without BoolQ %, PIP vs baseline | verdict |", "|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for b in proto["blocks"]:
         name = f"{b['unit']} {float(b['ratio']):.0%}"
         cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == (b["unit"], float(b["ratio"]))]
@@ -101,6 +110,11 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
         base = ", ".join(f"`{m}`" for m in dict.fromkeys(best.values()))
         lines += [f"| {name} | {len(cells)} of {expected} | `{r['method']}` | {r['wins']} of {r['n']} ({base}) | "
                   f"{signed(r['rel'])} | {r['zs']} | {r['verdict']} |" for r in shown]
+        views = [r for r in view_comparisons(cells, proto) if r["method"] in {x["method"] for x in shown}]
+        notes += [f"{name}: " + "; ".join(f"`{r['method']}` against `{r['base']}` wins {r['wins']} of {r['n']}, "
+                                          f"{signed(r['rel'])}, {r['verdict']}" for r in views) + "."] if views else []
+    if notes:
+        lines += ["", "Against the rule-based view of the same method (paired): " + " ".join(notes)]
     return lines + ([""] + same_views(results)[:-1] if same_views(results) else [])
 
 

@@ -56,16 +56,34 @@ def verdict(wins: int, losses: int, n: int, expected: int, a: str, b: str) -> st
 def paired(cells: list[Result], pip: str, best: dict[str, str], primary: str) -> tuple[int, int, int, float | None]:
     """(wins, losses, n, mean relative difference pip/base − 1) over the cells holding both the PIP method and its
     domain's best non-PIP method."""
+    return paired_with(cells, pip, lambda c: best.get(c["cell"]["domain"]), primary)
+
+
+def paired_with(cells: list[Result], a: str, other_of, primary: str) -> tuple[int, int, int, float | None]:
+    """(wins, losses, n, mean relative difference a/b − 1) of method `a` against b = other_of(cell), over the cells
+    holding both."""
     rel, wins, losses = [], 0, 0
     for c in cells:
-        v = c["variants"]
-        other = best.get(c["cell"]["domain"])
-        if pip not in v or other not in v:
+        v, b = c["variants"], other_of(c)
+        if a not in v or b not in v:
             continue
-        a, b = v[pip]["ppl"][primary], v[other]["ppl"][primary]
-        wins, losses = wins + (a < b), losses + (a > b)
-        rel.append(a / b - 1)
+        x, y = v[a]["ppl"][primary], v[b]["ppl"][primary]
+        wins, losses = wins + (x < y), losses + (x > y)
+        rel.append(x / y - 1)
     return wins, losses, len(rel), (statistics.fmean(rel) if rel else None)
+
+
+def view_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
+    """Each PIP method on an LLM-made view (NAME@VIEW) against the same method on the rule-based view (NAME), paired
+    over the cells holding both: wins, losses, n, rel, verdict."""
+    expected = len(proto["domains"]) * len(proto["seeds"])
+    rows = []
+    for m in dict.fromkeys(m for c in cells for m in c["variants"] if is_pip(m) and "@" in m):
+        base = m.partition("@")[0]
+        w, lo, n, rel = paired_with(cells, m, lambda c: base, proto["eval"]["primary"])
+        rows.append({"method": m, "base": base, "wins": w, "losses": lo, "n": n, "rel": rel,
+                     "verdict": verdict(w, lo, n, expected, f"`{m}`", f"`{base}`")})
+    return rows
 
 
 def best_baselines(cells: list[Result], proto: dict) -> dict[str, str]:

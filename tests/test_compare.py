@@ -162,6 +162,24 @@ def test_summary_flags_views_that_came_out_identical():
                         "cells: there, `@llm` variants repeat the `@guided` ones.")
 
 
+def test_llm_made_views_are_paired_with_the_rule_based_view_of_the_same_method():
+    # pip@guided beats pip in 5 cells and ties in one (a tie is neither a win nor a loss): 5 of 6 is a claim
+    ppl = [(80, 90), (85, 90), (70, 75), (60, 66), (91, 92), (90, 90)]
+    cells = [fake_cell(d, s, {"pip": b, "pip@guided": a, "taylor": 100})
+             for (d, s), (a, b) in zip([(d, s) for d in "ab" for s in (0, 1, 2)], ppl)]
+    rel = statistics.fmean(a / b - 1 for a, b in ppl)
+    text = results_doc.render(FAKE_PROTO, cells, None)
+    assert (f"| `pip@guided` | `pip` | 5 of 6 | {rel * 100:.1f} | `pip@guided` beats `pip` |") in text
+    rows = results_doc.summary(FAKE_PROTO, cells)
+    assert rows[-1] == ("Against the rule-based view of the same method (paired): width 20%: `pip@guided` against "
+                        f"`pip` wins 5 of 6, {rel * 100:+.1f}%, `pip@guided` beats `pip`.")
+    cells[0]["variants"]["pip@guided"]["ppl"]["wt"] = 95  # a loss: 4 wins, 1 loss, 1 tie
+    assert "| `pip@guided` | `pip` | 4 of 6 |" in results_doc.render(FAKE_PROTO, cells, None)
+    assert results_doc.summary(FAKE_PROTO, cells)[-1].endswith("no clear difference.")
+    no_views = [fake_cell("a", 0, {"pip": 90, "taylor": 100})]
+    assert "rule-based view" not in results_doc.render(FAKE_PROTO, no_views, None)
+
+
 def test_readme_block_is_replaced_between_its_markers_only(tmp_path):
     begin = "<!-- results_doc fake: generated from bench/results/fake, do not edit -->"
     end = "<!-- end results_doc fake -->"
