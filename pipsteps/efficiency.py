@@ -206,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not len(ns.pruned) == len(ns.stages) == len(ns.out):
         raise PipError(f"--pruned, --stages and --out need one entry per variant, got {len(ns.pruned)}, "
                        f"{len(ns.stages)} and {len(ns.out)}")
+    if len(set(ns.stages)) < len(ns.stages):
+        raise PipError(f"--stages names a variant twice: {' '.join(ns.stages)}")
     results = run(cfg, ns.dense, dict(zip(ns.stages, ns.pruned)))
     with atomic_outputs(*ns.out) as outs:  # every variant's file, final together
         for out, (stage, result) in zip(outs, results.items()):

@@ -111,11 +111,13 @@ def test_bad_settings_fail_with_one_clear_line(tiny_dir, pruned_dir, tmp_path):
     cfg = EfficiencyConfig(prompt_len=2040, new_tokens=16, batch_sizes=(1,), repeats=1, device="cpu")
     with pytest.raises(PipError, match=r"prompt_len \+ new_tokens = 2056 exceeds the model's max_position_emb"):
         run(cfg, tiny_dir, {"depth/pip/r0.3": pruned_dir})
-    proc = subprocess.run([sys.executable, "-m", "pipsteps.efficiency", "--dense", str(tiny_dir), "--pruned",
-                           str(pruned_dir), str(pruned_dir), "--stages", "a", "--out", "a.json", "b.json"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].endswith(
-        "--pruned, --stages and --out need one entry per variant, got 2, 1 and 2") and not list(tmp_path.iterdir())
+    for stages, error in ((["a"], "--pruned, --stages and --out need one entry per variant, got 2, 1 and 2"),
+                          (["a", "a"], "--stages names a variant twice: a a")):
+        proc = subprocess.run([sys.executable, "-m", "pipsteps.efficiency", "--dense", str(tiny_dir), "--pruned",
+                               str(pruned_dir), str(pruned_dir), "--stages", *stages, "--out", "a.json", "b.json"],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].endswith(error), proc.stderr
+        assert not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- plots from a hand-made results tree
