@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from protocol import REPO
-from results_stats import Result, base_method, comparisons, fmt, mean_std, pct, signed, view_comparisons
+from results_stats import (Result, base_method, comparisons, fmt, mean_std, paired_cells, pct, signed,
+                           view_comparisons)
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -91,7 +92,7 @@ def same_views(cells: list[Result]) -> list[str]:
 def summary(proto: dict, results: list[Result]) -> list[str]:
     """A table of each block's headline comparisons: the best PIP method of every perturbed view and `pip` itself
     (the unit's default score), each against the best baseline, with the claim rule's verdict."""
-    expected = len(proto["domains"]) * len(proto["seeds"])
+    expected = paired_cells(proto)
     lines = ["| block | cells | PIP method | wins against the best baseline | mean PPL difference | zero-shot avg / "
              "without BoolQ %, PIP vs baseline | verdict |", "|---|---|---|---|---|---|---|"]
     notes: list[str] = []
@@ -110,12 +111,15 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
         base = ", ".join(f"`{m}`" for m in dict.fromkeys(best.values()))
         lines += [f"| {name} | {len(cells)} of {expected} | `{r['method']}` | {r['wins']} of {r['n']} ({base}) | "
                   f"{signed(r['rel'])} | {r['zs']} | {r['verdict']} |" for r in shown]
-        views = [r for r in view_comparisons(cells, proto) if r["method"] in {x["method"] for x in shown}]
-        notes += [f"{name}: " + "; ".join(f"`{r['method']}` against `{r['base']}` wins {r['wins']} of {r['n']}, "
-                                          f"{signed(r['rel'])}, {r['verdict']}" for r in views) + "."] if views else []
+        shown_names = {r["method"] for r in shown}
+        views = [r for r in view_comparisons(cells, proto) if r["method"] in shown_names]
+        if views:
+            notes.append(f"{name}: " + "; ".join(f"`{r['method']}` against `{r['base']}` wins {r['wins']} of "
+                                                 f"{r['n']}, {signed(r['rel'])}, {r['verdict']}" for r in views) + ".")
     if notes:
         lines += ["", "Against the rule-based view of the same method (paired): " + " ".join(notes)]
-    return lines + ([""] + same_views(results)[:-1] if same_views(results) else [])
+    same = same_views(results)
+    return lines + ([""] + same[:-1] if same else [])
 
 
 def cell_name(c: Result) -> str:

@@ -41,6 +41,11 @@ def signed(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:+.1f}%"
 
 
+def paired_cells(proto: dict) -> int:
+    """How many paired cells a complete block has: calibration domains × seeds."""
+    return len(proto["domains"]) * len(proto["seeds"])
+
+
 def verdict(wins: int, losses: int, n: int, expected: int, a: str, b: str) -> str:
     """The stated claim rule, applied to k wins and l losses out of n paired cells (expected: domains × seeds)."""
     need = math.ceil(expected * 5 / 6)
@@ -76,7 +81,7 @@ def paired_with(cells: list[Result], a: str, other_of, primary: str) -> tuple[in
 def view_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
     """Each PIP method on an LLM-made view (NAME@VIEW) against the same method on the rule-based view (NAME), paired
     over the cells holding both: wins, losses, n, rel, verdict."""
-    expected = len(proto["domains"]) * len(proto["seeds"])
+    expected = paired_cells(proto)
     rows = []
     for m in dict.fromkeys(m for c in cells for m in c["variants"] if is_pip(m) and "@" in m):
         base = m.partition("@")[0]
@@ -105,7 +110,7 @@ def comparisons(cells: list[Result], proto: dict) -> tuple[dict[str, str], list[
     best = best_baselines(cells, proto)
     names = set(best.values())
     other = f"`{next(iter(names))}`" if len(names) == 1 else "the best non-PIP method"
-    expected = len(proto["domains"]) * len(proto["seeds"])
+    expected = paired_cells(proto)
     rows = []
     for m in dict.fromkeys(base_method(m) for c in cells for m in c["variants"]):
         if is_pip(m):
