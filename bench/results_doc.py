@@ -6,9 +6,11 @@
 Per block (unit and ratio): every method's PPL@128 per calibration domain (mean ± sample std over the seeds, and
 the per-seed values), the paired comparison of every PIP method with the best non-PIP method of each domain (the
 one with the lowest mean primary PPL there), zero-shot and recovery of the cells' chosen variants, and the wall time
-of every cell. Missing cells are listed, never silently dropped. The claim rule: A beats B only where A wins at
-least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains × seeds⌉) and every cell is present. `--check`
-exits 1 when the file on disk differs from what the JSONs give (the regeneration test).
+of every cell; for a protocol with a `workspace` (the views protocol), the methods it shares with that protocol set
+beside that protocol's figures of the same cell. Missing cells are listed, never silently dropped. The claim rule:
+A beats B only where A wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains × seeds⌉) and
+every cell is present. `--check` exits 1 when the file on disk differs from what the JSONs give (the regeneration
+test).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from protocol import REPO
-from results_stats import (Result, base_method, comparisons, fmt, mean_std, paired_cells, pct, signed,
-                           view_comparisons)
+from results_stats import (Result, base_method, comparisons, fmt, mean_std, paired_cells, pct, rerun_agreement,
+                           signed, view_comparisons)
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -122,6 +124,27 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
     return lines + ([""] + same[:-1] if same else [])
 
 
+def rerun_section(proto: dict, results: list[Result], others: list[Result]) -> list[str]:
+    """The methods this protocol shares with its workspace protocol, run again here: how far apart the two runs'
+    figures are, cell by cell (the floor under any comparison across separate runs)."""
+    rows = rerun_agreement(results, others, proto["eval"]["primary"])
+    if not rows:
+        return []
+    commit = lambda r: (r.get("git_commit") or "?")[:7]  # noqa: E731
+    primary = proto["eval"]["primary"]
+    lines = [f"## Runs shared with `{proto['workspace']}`", "",
+             f"The methods that `{proto['workspace']}` also runs in the same cell (the rule-based arms and the "
+             "baselines) have their own results here. Where this protocol reused that protocol's cached jobs, or "
+             "computed them again bit for bit, the figures are identical; otherwise the difference is how much a "
+             f"separate run (another commit, machine or session) moves them. Relative difference of `{primary}` PPL, "
+             "this run against the other:", "",
+             f"| cell | commit {proto['workspace']} / here | methods | identical | largest difference % | method |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {cell_name(r['cell'])} | {commit(r['other'])} / {commit(r['cell'])} | {r['n']} | {r['same']} | "
+              f"{r['rel'] * 100:+.3f} | " + (f"`{r['worst']}` |" if r["rel"] else "– |") for r in rows]
+    return lines + [""]
+
+
 def cell_name(c: Result) -> str:
     k = c["cell"]
     return f"{k['unit']}-r{float(k['ratio']):g}-{k['domain']}-s{k['seed']}"
@@ -159,7 +182,8 @@ def recovery_table(cells: list[Result], primary: str, seeds: list[int], domains:
             *rows, ""]
 
 
-def render(proto: dict, results: list[Result], dense: Result | None, protocol_file: str = "protocol.yaml") -> str:
+def render(proto: dict, results: list[Result], dense: Result | None, protocol_file: str = "protocol.yaml",
+           shared: list[Result] | None = None) -> str:
     seeds, domains = proto["seeds"], list(proto["domains"])
     ppl = proto["eval"]["ppl"]
     zs = proto["eval"].get("zero_shot") or {}
@@ -189,6 +213,7 @@ def render(proto: dict, results: list[Result], dense: Result | None, protocol_fi
         cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == key]
         names = [f"{b['unit']}-r{float(b['ratio']):g}-{d}-s{s}" for s in seeds for d in domains]
         out += block_section(b, cells, proto, names)
+    out += rerun_section(proto, results, shared or [])
     out += ["## Wall time per cell (seconds)", "", "| cell | pruning + PPL | zero-shot | recovery | total |",
             "|---|---|---|---|---|"]
     for r in results:
@@ -240,7 +265,8 @@ def main() -> None:
     proto = yaml.safe_load(ns.protocol.read_text())
     ns.out = ns.out or doc_path(ns.protocol)
     results, dense = load(ns.results / proto["name"])
-    text = render(proto, results, dense, ns.protocol.name)
+    shared = load(ns.results / proto["workspace"])[0] if proto.get("workspace", proto["name"]) != proto["name"] else []
+    text = render(proto, results, dense, ns.protocol.name, shared)
     readme = ns.readme.read_text() if ns.readme.exists() else ""
     new_readme = readme_with(readme, proto["name"], summary(proto, results))
     if ns.check:

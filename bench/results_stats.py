@@ -91,6 +91,24 @@ def view_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def rerun_agreement(cells: list[Result], others: list[Result], primary: str) -> list[dict[str, Any]]:
+    """For each cell that another protocol also ran (same unit, ratio, domain, seed): the methods both ran in their
+    own runs, how many gave the same primary PPL, and the largest relative difference (this run / the other − 1)."""
+    key = lambda c: tuple(c["cell"][k] for k in ("unit", "ratio", "domain", "seed"))  # noqa: E731
+    theirs = {key(o): o for o in others}
+    rows = []
+    for c in cells:
+        o = theirs.get(key(c))
+        shared = [m for m in c["variants"] if o and m in o["variants"]]
+        if not shared:
+            continue
+        rel = {m: c["variants"][m]["ppl"][primary] / o["variants"][m]["ppl"][primary] - 1 for m in shared}
+        worst = max(shared, key=lambda m: abs(rel[m]))
+        rows.append({"cell": c, "other": o, "n": len(shared), "same": sum(r == 0 for r in rel.values()),
+                     "worst": worst, "rel": rel[worst]})
+    return rows
+
+
 def best_baselines(cells: list[Result], proto: dict) -> dict[str, str]:
     """The non-PIP method with the lowest mean primary PPL in each calibration domain."""
     primary, best = proto["eval"]["primary"], {}

@@ -162,6 +162,23 @@ def test_summary_flags_views_that_came_out_identical():
                         "cells: there, `@llm` variants repeat the `@guided` ones.")
 
 
+def test_runs_shared_with_the_workspace_protocol_are_compared_cell_by_cell():
+    """The views page sets the methods it shares with its workspace protocol beside that protocol's figures: identical
+    where the cached jobs were reused, otherwise the largest relative difference and its method."""
+    here = [fake_cell("a", 0, {"pip": 90, "pip@guided": 80, "taylor": 101}),
+            fake_cell("b", 0, {"pip": 50, "taylor": 60}), fake_cell("a", 1, {"pip": 70, "taylor": 75})]
+    there = [fake_cell("a", 0, {"pip": 90, "taylor": 100}), fake_cell("b", 0, {"pip": 50, "taylor": 60})]
+    for c, commit in zip(here + there, ["1111111aa", "1111111aa", "1111111aa", "2222222bb", "3333333cc"]):
+        c["git_commit"] = commit
+    proto = {**FAKE_PROTO, "workspace": "main"}
+    text = results_doc.render(proto, here, None, "protocol-views.yaml", there)
+    assert "## Runs shared with `main`" in text
+    assert "| width-r0.2-a-s0 | 2222222 / 1111111 | 2 | 1 | +1.000 | `taylor` |" in text  # pip@guided: not shared
+    assert "| width-r0.2-b-s0 | 3333333 / 1111111 | 2 | 2 | +0.000 | – |" in text
+    assert "width-r0.2-a-s1 |" not in text.partition("## Runs shared")[2].partition("## Wall")[0]  # no run there
+    assert "## Runs shared" not in results_doc.render(proto, here, None)
+
+
 def test_llm_made_views_are_paired_with_the_rule_based_view_of_the_same_method():
     # pip@guided beats pip in 5 cells and ties in one (a tie is neither a win nor a loss): 5 of 6 is a claim
     ppl = [(80, 90), (85, 90), (70, 75), (60, 66), (91, 92), (90, 90)]
