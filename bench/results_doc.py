@@ -5,12 +5,12 @@
 
 Per block (unit and ratio): every method's PPL@128 per calibration domain (mean ± sample std over the seeds, and
 the per-seed values), the paired comparison of every PIP method with the best non-PIP method of each domain (the
-one with the lowest mean primary PPL there), zero-shot and recovery of the cells' chosen variants, and the wall time
-of every cell; for a protocol with a `workspace` (the views protocol), the methods it shares with that protocol set
-beside that protocol's figures of the same cell. Missing cells are listed, never silently dropped. The claim rule:
-A beats B only where A wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains × seeds⌉) and
-every cell is present. `--check` exits 1 when the file on disk differs from what the JSONs give (the regeneration
-test).
+one with the lowest mean primary PPL there) and, where the block runs one, with the noise control of its base
+method; zero-shot and recovery of the cells' chosen variants, and the wall time of every cell. For a protocol with
+a `workspace` (the views protocol), the methods it shares with that protocol are set beside that protocol's
+figures of the same cell. Missing cells are listed, never silently dropped. The claim rule: A beats B only where A
+wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains × seeds⌉) and every cell is present.
+`--check` exits 1 when the file on disk differs from what the JSONs give (the regeneration test).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from protocol import REPO
-from results_stats import (Result, base_method, comparisons, fmt, mean_std, paired_cells, pct, rerun_agreement,
-                           signed, view_comparisons)
+from results_stats import (Result, base_method, comparisons, fmt, mean_std, noise_comparisons, paired_cells, pct,
+                           rerun_agreement, signed, view_comparisons)
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -60,19 +60,29 @@ def block_section(block: dict, cells: list[Result], proto: dict, expected_names:
               "| PIP method | wins | mean relative difference % | verdict |", "|---|---|---|---|"]
     lines += [f"| `{r['method']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |" for r in rows]
     lines.append("")
-    views = view_comparisons(cells, proto)
-    if views:
-        lines += ["Each PIP method on an LLM-made view against the same method on the rule-based view, paired on "
-                  f"`{primary}` (below 0: the LLM-made view gives the lower perplexity):", "",
-                  "| PIP method | against | wins | mean relative difference % | verdict |", "|---|---|---|---|---|"]
-        lines += [f"| `{r['method']}` | `{r['base']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |"
-                  for r in views]
-        lines.append("")
+    lines += pair_table(view_comparisons(cells, proto),
+                        "Each PIP method on an LLM-made view against the same method on the rule-based view, paired on "
+                        f"`{primary}` (below 0: the LLM-made view gives the lower perplexity):")
+    lines += pair_table(noise_comparisons(cells, proto),
+                        "Each PIP method against the noise control of its base method (the same rounds with a second "
+                        "clean batch in place of the perturbed view; its score is `fisher_diff` at width, `norm_diff` "
+                        f"at depth), paired on `{primary}` (below 0: the PIP method gives the lower perplexity): does "
+                        "the perturbed view carry more than gradient noise?")
     lines += same_views(cells)
     lines += zero_shot_table(cells, seeds, domains)
     if any(c.get("wall_s", {}).get("recovery") is not None for c in cells):
         lines += recovery_table(cells, primary, seeds, domains)
     return lines
+
+
+def pair_table(rows: list[dict], caption: str) -> list[str]:
+    """A table of paired comparisons of a method with another (view_comparisons, noise_comparisons); none: nothing."""
+    if not rows:
+        return []
+    return [caption, "", "| PIP method | against | wins | mean relative difference % | verdict |",
+            "|---|---|---|---|---|",
+            *(f"| `{r['method']}` | `{r['base']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |"
+              for r in rows), ""]
 
 
 def same_views(cells: list[Result]) -> list[str]:
@@ -97,7 +107,7 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
     expected = paired_cells(proto)
     lines = ["| block | cells | PIP method | wins against the best baseline | mean PPL difference | zero-shot avg / "
              "without BoolQ %, PIP vs baseline | verdict |", "|---|---|---|---|---|---|---|"]
-    notes: list[str] = []
+    notes: dict[str, list[str]] = {"view": [], "noise": []}
     for b in proto["blocks"]:
         name = f"{b['unit']} {float(b['ratio']):.0%}"
         cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == (b["unit"], float(b["ratio"]))]
@@ -114,12 +124,17 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
         lines += [f"| {name} | {len(cells)} of {expected} | `{r['method']}` | {r['wins']} of {r['n']} ({base}) | "
                   f"{signed(r['rel'])} | {r['zs']} | {r['verdict']} |" for r in shown]
         shown_names = {r["method"] for r in shown}
-        views = [r for r in view_comparisons(cells, proto) if r["method"] in shown_names]
-        if views:
-            notes.append(f"{name}: " + "; ".join(f"`{r['method']}` against `{r['base']}` wins {r['wins']} of "
-                                                 f"{r['n']}, {signed(r['rel'])}, {r['verdict']}" for r in views) + ".")
-    if notes:
-        lines += ["", "Against the rule-based view of the same method (paired): " + " ".join(notes)]
+        for kind, pairs in (("view", view_comparisons), ("noise", noise_comparisons)):
+            got = [r for r in pairs(cells, proto) if r["method"] in shown_names]
+            if got:
+                notes[kind].append(f"{name}: " + "; ".join(f"`{r['method']}` against `{r['base']}` wins {r['wins']} "
+                                                           f"of {r['n']}, {signed(r['rel'])}, {r['verdict']}"
+                                                           for r in got) + ".")
+    heads = {"view": "Against the rule-based view of the same method (paired):",
+             "noise": "Against the noise control (a second clean batch in place of the perturbed view, paired):"}
+    text = " ".join(" ".join([heads[k], *v]) for k, v in notes.items() if v)
+    if text:
+        lines += ["", text]
     same = same_views(results)
     return lines + ([""] + same[:-1] if same else [])
 

@@ -91,6 +91,22 @@ def view_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def noise_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
+    """Each PIP method (on any view) against the noise control of its base method (BASE-noise_control: the second
+    view is a second clean batch instead of a perturbed one), paired over the cells holding both: does the
+    perturbed view carry more than gradient noise? Rows as view_comparisons."""
+    expected = paired_cells(proto)
+    rows = []
+    for m in dict.fromkeys(m for c in cells for m in c["variants"] if is_pip(m)):
+        control = f"{m.partition('@')[0].partition('-')[0]}-noise_control"
+        if m == control or not any(control in c["variants"] for c in cells):
+            continue
+        w, lo, n, rel = paired_with(cells, m, lambda c: control, proto["eval"]["primary"])
+        rows.append({"method": m, "base": control, "wins": w, "losses": lo, "n": n, "rel": rel,
+                     "verdict": verdict(w, lo, n, expected, f"`{m}`", f"`{control}`")})
+    return rows
+
+
 def rerun_agreement(cells: list[Result], others: list[Result], primary: str) -> list[dict[str, Any]]:
     """For each cell that another protocol also ran (same unit, ratio, domain, seed): the methods both ran in their
     own runs, how many gave the same primary PPL, and the largest relative difference (this run / the other − 1)."""

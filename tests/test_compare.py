@@ -162,6 +162,26 @@ def test_summary_flags_views_that_came_out_identical():
                         "cells: there, `@llm` variants repeat the `@guided` ones.")
 
 
+def test_pip_methods_are_paired_with_the_noise_control_of_their_base_method():
+    # pip-fisher_diff beats the control in every cell; pip in 4 (no clear difference); taylor has no control pairing
+    ctl = [100, 100, 100, 100, 100, 100]
+    fd = [70, 80, 90, 60, 95, 99]
+    pip = [90, 95, 99, 98, 110, 120]
+    cells = [fake_cell(d, s, {"pip": c, "pip-fisher_diff": f, "pip-noise_control": n, "taylor": 100})
+             for (d, s), c, f, n in zip([(d, s) for d in "ab" for s in (0, 1, 2)], pip, fd, ctl)]
+    rel = statistics.fmean(f / 100 - 1 for f in fd)
+    text = results_doc.render(FAKE_PROTO, cells, None)
+    assert f"| `pip-fisher_diff` | `pip-noise_control` | 6 of 6 | {rel * 100:.1f} | `pip-fisher_diff` beats " \
+           "`pip-noise_control` |" in text
+    assert "| `pip` | `pip-noise_control` | 4 of 6 |" in text and "no clear difference" in text
+    assert "| `taylor` | `pip-noise_control`" not in text and "| `pip-noise_control` | `pip-noise_control`" not in text
+    note = results_doc.summary(FAKE_PROTO, cells)[-1]
+    assert note.startswith("Against the noise control") and f"`pip-fisher_diff` against `pip-noise_control` wins 6 " \
+        f"of 6, {rel * 100:+.1f}%, `pip-fisher_diff` beats `pip-noise_control`" in note
+    plain = [fake_cell("a", 0, {"pip": 90, "taylor": 100})]
+    assert "noise control" not in results_doc.render(FAKE_PROTO, plain, None)
+
+
 def test_runs_shared_with_the_workspace_protocol_are_compared_cell_by_cell():
     """The views page sets the methods it shares with its workspace protocol beside that protocol's figures: identical
     where the cached jobs were reused, otherwise the largest relative difference and its method."""
