@@ -99,7 +99,7 @@ def noise_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
     rows = []
     for m in dict.fromkeys(m for c in cells for m in c["variants"] if is_pip(m)):
         control = f"{m.partition('@')[0].partition('-')[0]}-noise_control"
-        if m == control or not any(control in c["variants"] for c in cells):
+        if m.partition("@")[0] == control or not any(control in c["variants"] for c in cells):
             continue
         w, lo, n, rel = paired_with(cells, m, lambda c: control, proto["eval"]["primary"])
         rows.append({"method": m, "base": control, "wins": w, "losses": lo, "n": n, "rel": rel,
@@ -110,7 +110,7 @@ def noise_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
 def rerun_agreement(cells: list[Result], others: list[Result], primary: str) -> list[dict[str, Any]]:
     """For each cell that another protocol also ran (same unit, ratio, domain, seed): the methods both ran in their
     own runs, how many gave the same primary PPL, and the largest relative difference (this run / the other − 1)."""
-    key = lambda c: tuple(c["cell"][k] for k in ("unit", "ratio", "domain", "seed"))  # noqa: E731
+    key = lambda c: (c["cell"]["unit"], float(c["cell"]["ratio"]), c["cell"]["domain"], c["cell"]["seed"])  # noqa: E731
     theirs = {key(o): o for o in others}
     rows = []
     for c in cells:
