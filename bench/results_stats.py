@@ -78,33 +78,32 @@ def paired_with(cells: list[Result], a: str, other_of, primary: str) -> tuple[in
     return wins, losses, len(rel), (statistics.fmean(rel) if rel else None)
 
 
-def view_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
-    """Each PIP method on an LLM-made view (NAME@VIEW) against the same method on the rule-based view (NAME), paired
-    over the cells holding both: wins, losses, n, rel, verdict."""
-    expected = paired_cells(proto)
-    rows = []
-    for m in dict.fromkeys(m for c in cells for m in c["variants"] if is_pip(m) and "@" in m):
-        base = m.partition("@")[0]
+def paired_rows(cells: list[Result], proto: dict, against: dict[str, str]) -> list[dict[str, Any]]:
+    """Each method of `against` paired with its other method over the cells holding both: method, base (the other),
+    wins, losses, n, rel, verdict."""
+    expected, rows = paired_cells(proto), []
+    for m, base in against.items():
         w, lo, n, rel = paired_with(cells, m, lambda c: base, proto["eval"]["primary"])
         rows.append({"method": m, "base": base, "wins": w, "losses": lo, "n": n, "rel": rel,
                      "verdict": verdict(w, lo, n, expected, f"`{m}`", f"`{base}`")})
     return rows
 
 
+def view_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
+    """Each PIP method on an LLM-made view (NAME@VIEW) against the same method on the rule-based view (NAME)."""
+    return paired_rows(cells, proto, {m: m.partition("@")[0] for c in cells for m in c["variants"]
+                                      if is_pip(m) and "@" in m})
+
+
 def noise_comparisons(cells: list[Result], proto: dict) -> list[dict[str, Any]]:
     """Each PIP method (on any view) against the noise control of its base method (BASE-noise_control: the second
-    view is a second clean batch instead of a perturbed one), paired over the cells holding both: does the
-    perturbed view carry more than gradient noise? Rows as view_comparisons."""
-    expected = paired_cells(proto)
-    rows = []
-    for m in dict.fromkeys(m for c in cells for m in c["variants"] if is_pip(m)):
-        control = f"{m.partition('@')[0].partition('-')[0]}-noise_control"
-        if m.partition("@")[0] == control or not any(control in c["variants"] for c in cells):
-            continue
-        w, lo, n, rel = paired_with(cells, m, lambda c: control, proto["eval"]["primary"])
-        rows.append({"method": m, "base": control, "wins": w, "losses": lo, "n": n, "rel": rel,
-                     "verdict": verdict(w, lo, n, expected, f"`{m}`", f"`{control}`")})
-    return rows
+    view is a second clean batch instead of a perturbed one): does the perturbed view carry more than gradient
+    noise? A noise control on another view is not paired with its own score."""
+    present = {m for c in cells for m in c["variants"]}
+    control = {m: f"{m.partition('@')[0].partition('-')[0]}-noise_control" for m in dict.fromkeys(
+        m for c in cells for m in c["variants"] if is_pip(m))}
+    return paired_rows(cells, proto, {m: ctl for m, ctl in control.items()
+                                      if ctl in present and m.partition("@")[0] != ctl})
 
 
 def rerun_agreement(cells: list[Result], others: list[Result], primary: str) -> list[dict[str, Any]]:
