@@ -16,7 +16,6 @@ wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains �
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from protocol import REPO
-from results_stats import (Result, base_method, comparisons, fmt, mean_std, noise_comparisons, paired_cells, pct,
-                           rerun_agreement, signed, view_comparisons)
+from results_stats import (Result, base_method, comparisons, fmt, load_results, mean_std, noise_comparisons,
+                           paired_cells, pct, rerun_agreement, signed, view_comparisons)
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -238,19 +237,6 @@ def render(proto: dict, results: list[Result], dense: Result | None, protocol_fi
     return "\n".join(out) + "\n"
 
 
-def load(results_dir: Path) -> tuple[list[Result], Result | None]:
-    """Cell results (stored method names normalised: random_sN → random) and the dense result, if any."""
-    results = []
-    for p in sorted(results_dir.glob("*.json")):
-        data = json.loads(p.read_text())
-        if p.stem == "dense":
-            continue
-        data["variants"] = {base_method(m): v for m, v in data["variants"].items()}
-        results.append(data)
-    dense = results_dir / "dense.json"
-    return results, (json.loads(dense.read_text()) if dense.exists() else None)
-
-
 def doc_path(protocol_file: Path) -> Path:
     return REPO / "docs" / (protocol_file.stem.replace("protocol", "results", 1) + ".md")
 
@@ -279,8 +265,9 @@ def main() -> None:
     ns = p.parse_args()
     proto = yaml.safe_load(ns.protocol.read_text())
     ns.out = ns.out or doc_path(ns.protocol)
-    results, dense = load(ns.results / proto["name"])
-    shared = load(ns.results / proto["workspace"])[0] if proto.get("workspace", proto["name"]) != proto["name"] else []
+    results, dense = load_results(ns.results / proto["name"])
+    other = proto.get("workspace", proto["name"])
+    shared = load_results(ns.results / other)[0] if other != proto["name"] else []
     text = render(proto, results, dense, ns.protocol.name, shared)
     readme = ns.readme.read_text() if ns.readme.exists() else ""
     new_readme = readme_with(readme, proto["name"], summary(proto, results))

@@ -7,8 +7,10 @@ domains × seeds⌉) and every cell is present; otherwise there is no clear diff
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 from protocol import is_pip
@@ -19,6 +21,16 @@ Result = dict[str, Any]
 def base_method(method: str) -> str:
     return "random" if method.startswith("random_s") else method
 
+
+def load_results(results_dir: Path) -> tuple[list[Result], Result | None]:
+    """Cell results (stored method names normalised: random_sN → random) and the dense result, if any."""
+    results = []
+    for p in sorted(q for q in results_dir.glob("*.json") if q.stem != "dense"):
+        data = json.loads(p.read_text())
+        data["variants"] = {base_method(m): v for m, v in data["variants"].items()}
+        results.append(data)
+    dense = results_dir / "dense.json"
+    return results, (json.loads(dense.read_text()) if dense.exists() else None)
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
