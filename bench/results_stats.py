@@ -1,5 +1,6 @@
-"""The statistics behind the generated result pages (bench/results_doc.py): per-method means, the paired
-comparison of a PIP method with the best non-PIP method of each calibration domain, and the claim rule.
+"""The statistics behind the generated result pages (bench/results_doc.py): loading the committed result JSONs,
+per-method means, the paired comparison of a PIP method with the best non-PIP method of each calibration domain,
+and the claim rule.
 
 The claim rule: A beats B only where A wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's
 domains × seeds⌉) and every cell is present; otherwise there is no clear difference.
