@@ -46,6 +46,11 @@ class ProtocolError(ValueError):
     """A protocol file that cannot run; the message is one line naming the offending keys or values."""
 
 
+def cell_stem(unit: str, ratio: float, domain: str, seed: int) -> str:
+    """A cell's name, the file stem of its result JSON: `width-r0.2-embedded-s1`."""
+    return f"{unit}-r{float(ratio):g}-{domain}-s{seed}"
+
+
 @dataclass(frozen=True)
 class Cell:
     unit: str
@@ -58,7 +63,7 @@ class Cell:
     @property
     def name(self) -> str:
         """File stem of the cell's result JSON, e.g. `width-r0.2-embedded-s1`."""
-        return f"{self.unit}-r{self.ratio:g}-{self.domain}-s{self.seed}"
+        return cell_stem(self.unit, self.ratio, self.domain, self.seed)
 
     @property
     def workdir(self) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from protocol import REPO
+from protocol import REPO, cell_stem
 from results_stats import (Result, base_method, comparisons, fmt, load_results, mean_std, noise_comparisons,
                            paired_cells, pct, rerun_agreement, signed, view_comparisons)
 
@@ -109,7 +109,7 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
     notes: dict[str, list[str]] = {"view": [], "noise": []}
     for b in proto["blocks"]:
         name = f"{b['unit']} {float(b['ratio']):.0%}"
-        cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == (b["unit"], float(b["ratio"]))]
+        cells = block_cells(results, b)
         if not cells:
             lines.append(f"| {name} | 0 of {expected} | – | – | – | – | no cell yet |")
             continue
@@ -161,7 +161,13 @@ def rerun_section(proto: dict, results: list[Result], others: list[Result]) -> l
 
 def cell_name(c: Result) -> str:
     k = c["cell"]
-    return f"{k['unit']}-r{float(k['ratio']):g}-{k['domain']}-s{k['seed']}"
+    return cell_stem(k["unit"], k["ratio"], k["domain"], k["seed"])
+
+
+def block_cells(results: list[Result], block: dict) -> list[Result]:
+    """The cells of one protocol block (same unit and ratio)."""
+    key = (block["unit"], float(block["ratio"]))
+    return [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == key]
 
 
 def ordered(cells: list[Result], seeds: list[int], domains: list[str]) -> list[Result]:
@@ -223,10 +229,8 @@ def render(proto: dict, results: list[Result], dense: Result | None, protocol_fi
     else:
         out += ["## Dense model", "", "missing (the dense run has not finished)", ""]
     for b in proto["blocks"]:
-        key = (b["unit"], float(b["ratio"]))
-        cells = [r for r in results if (r["cell"]["unit"], float(r["cell"]["ratio"])) == key]
-        names = [f"{b['unit']}-r{float(b['ratio']):g}-{d}-s{s}" for s in seeds for d in domains]
-        out += block_section(b, cells, proto, names)
+        names = [cell_stem(b["unit"], b["ratio"], d, s) for s in seeds for d in domains]
+        out += block_section(b, block_cells(results, b), proto, names)
     out += rerun_section(proto, results, shared or [])
     out += ["## Wall time per cell (seconds)", "", "| cell | pruning + PPL | zero-shot | recovery | total |",
             "|---|---|---|---|---|"]
