@@ -167,7 +167,8 @@ def prune_width(model: nn.Module, manifest: dict[str, Any], remove_kv: Mapping[i
     for i, rm in sorted(remove_channels.items()):
         entry = width["layers"][i]
         n = layers[i].mlp.gate_proj.out_features
-        keep = [c for c in range(n) if c not in _removal(rm, n, "MLP channel")]
+        gone = _removal(rm, n, "MLP channel")
+        keep = [c for c in range(n) if c not in gone]
         slice_mlp(layers[i].mlp, keep)
         removed["channels"][orig_layer[i]] = [entry["kept_channels"][c] for c in sorted(rm)]
         entry["kept_channels"] = [entry["kept_channels"][c] for c in keep]
