@@ -1,7 +1,7 @@
 """Run the method-comparison protocol cell by cell as real workflow runs, writing one result JSON per cell.
 
     python bench/compare.py bench/protocol.yaml [--workdir /tmp/pip-compare] [--cells 'width-r0.2-*']
-        [--max-cells N] [--cores 2] [--dry-run] [--results bench/results]
+        [--max-cells N] [--cores 2] [--dry-run] [--refresh-calibration] [--results bench/results]
 
 First the dense model is prepared and evaluated once (PPL and zero-shot: they do not depend on calibration). Then
 every cell (block × seed × domain, bench/protocol.py) runs in three workflow calls in the work directory of its
@@ -9,32 +9,31 @@ domain and seed: (1) every method's pruning and PPL, (2) zero-shot for the best 
 of the cell by the primary PPL, (3) for blocks with `recovery: true`, LoRA recovery of those two and their PPL.
 A finished cell's JSON (bench/results/<protocol name>/<cell>.json, with the spec hash of the cell) is never
 recomputed; a killed run continues where it stopped: finished cells are skipped, and inside a cell the workflow's
-cache keeps every finished job. Tables: bench/results_doc.py.
+cache keeps every finished job. `--refresh-calibration` rewrites the calibration records of finished cells (e.g.
+the `llm` view's acceptance counts) from their work directories, refusing any whose hash differs from the committed
+one. Tables: bench/results_doc.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from cell_records import calibration_record, ppl, provenance, read_json, write_result, zero_shot
 from protocol import REPO, Cell, Protocol, ProtocolError, is_pip, load, split
 
 from pipsteps import layout as L  # noqa: E402  (torch-free; protocol put this checkout first on sys.path)
 
-PACKAGES = ("torch", "transformers", "snakemake", "lm_eval", "peft", "datasets", "safetensors")
-
+CALIBRATION = f"{L.RESULTS}/calibration/calibration.json"
 
 
 def wildcard(method: str, seed: int) -> str:
@@ -106,27 +105,6 @@ def run_workflow(workdir: Path, cfg: dict, targets: list[str], cores: int, tag: 
     return proc.stdout + proc.stderr
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def zero_shot(tasks: Path) -> dict | None:
-    """Average, average without BoolQ (its capped slice mostly measures a yes/no bias) and per-task headline
-    accuracies of one tasks.json, by the workflow's own averaging rule."""
-    if not tasks.exists():
-        return None
-    from pipsteps.zeroshot import average
-
-    data = read_json(tasks)
-    rest = {t: r for t, r in data["tasks"].items() if t != "boolq"}
-    return {"avg": data["average"]["value"], "avg_wo_boolq": average(rest)["value"],
-            "tasks": {t: r["headline"] for t, r in data["tasks"].items()}}
-
-
-def ppl(metrics: Path) -> dict[str, float]:
-    return {name: next(iter(by_len.values())) for name, by_len in read_json(metrics)["ppl"].items()}
-
-
 def variant_figures(wd: Path, cell: Cell, method: str) -> dict[str, Any]:
     results, var = wd / L.RESULTS, stage(cell, method)
     rounds = L.rounds(results, var, read_json)
@@ -137,28 +115,6 @@ def variant_figures(wd: Path, cell: Cell, method: str) -> dict[str, Any]:
             "removed_layers": last.get("removed_layers_so_far") if cell.unit == "depth" else None,
             "zero_shot": zero_shot(results / L.evaluation(var, "tasks")),
             "recovered_ppl": ppl(rec) if rec.exists() else None}
-
-
-def provenance() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
-            "packages": versions, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count()}
-
-
-def write_result(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def run_dense(proto: Protocol, root: Path, out: Path, cores: int) -> str:
@@ -213,17 +169,37 @@ def run_cell(proto: Protocol, cell: Cell, root: Path, model_dir: str, cores: int
         phase("zero_shot", chosen, lambda s: L.evaluation(s, "tasks"))
     if cell.recovery:
         phase("recovery", chosen, lambda s: L.evaluation(L.recovered(s)))
-    calib = {v or "default": read_json(root / cell.workdir_of(v) / "results/calibration/calibration.json")
-             for v in groups}
+    calib = {v or "default": calibration_record(read_json(root / cell.workdir_of(v) / CALIBRATION)) for v in groups}
     return {"protocol": proto.name, "cell": {"unit": cell.unit, "ratio": cell.ratio, "domain": cell.domain,
                                              "seed": cell.seed},
             "spec_hash": proto.spec_hash(cell), "config": cfgs[next(iter(groups))], **provenance(),
             "view_configs": {v: cfgs[v] for v in groups if v},
-            "calibration": {v: {k: c.get(k) for k in ("calibration_hash", "edit_rate", "target_rate")}
-                            for v, c in calib.items()},
+            "calibration": calib,
             "wall_s": walls, "best_pip": chosen[0] if chosen and is_pip(chosen[0]) else None,
             "best_baseline": next((m for m in chosen if not is_pip(m)), None),
             "variants": {m: variant_figures(home[m][1], cell, m) for m in cell.methods}}
+
+
+def refresh_calibration(proto: Protocol, cells: list[Cell], root: Path, out: Path, cores: int) -> None:
+    """Rewrite the calibration records of finished cells from their work directories, e.g. after the record gained
+    a field: the workflow rebuilds a missing calibration step, and a record whose hash or edit rate differs from the
+    committed one is refused (another view than the one the cell ran on), the result left as it was."""
+    model_dir = run_dense(proto, root, out, cores)
+    for cell in (c for c in cells if status(out, proto, c) == "done"):
+        path = out / f"{cell.name}.json"
+        result = read_json(path)
+        calib = {}
+        for v in cell.groups():
+            wd = root / cell.workdir_of(v)
+            run_workflow(wd, workflow_config(proto, cell, model_dir, v), [CALIBRATION], cores, f"{cell.name}-calib")
+            rec, old = calibration_record(read_json(wd / CALIBRATION)), result["calibration"][v or "default"]
+            if differ := [k for k in ("calibration_hash", "edit_rate") if rec.get(k) != old.get(k)]:
+                sys.exit(f"{cell.name}: the calibration in {wd} is not the one the cell ran on ({', '.join(differ)} "
+                         f"differ): {path} left as it was")
+            calib[v or "default"] = rec
+        print(f"{cell.name}: calibration record " + ("unchanged" if calib == result["calibration"] else "updated"))
+        if calib != result["calibration"]:
+            write_result(path, {**result, "calibration": calib})
 
 
 def status(out: Path, proto: Protocol, cell: Cell) -> str:
@@ -264,6 +240,8 @@ def main() -> None:
     p.add_argument("--max-cells", type=int, default=0, help="stop after running N cells (0: all)")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     p.add_argument("--dry-run", action="store_true", help="list cells and their workflow jobs; run nothing")
+    p.add_argument("--refresh-calibration", action="store_true",
+                   help="rewrite the finished cells' calibration records from their work directories; nothing else")
     ns = p.parse_args()
     try:
         proto = load(ns.protocol)
@@ -274,6 +252,8 @@ def main() -> None:
     cells = [c for c in proto.cells() if any(fnmatch.fnmatch(c.name, pat) for pat in ns.cells)]
     if ns.dry_run:
         return dry_run(proto, cells, root, out, ns.cores)
+    if ns.refresh_calibration:
+        return refresh_calibration(proto, cells, root, out, ns.cores)
     todo = [c for c in cells if status(out, proto, c) != "done"]
     print(f"protocol {proto.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", flush=True)
     if not todo:

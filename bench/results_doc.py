@@ -25,6 +25,7 @@ import yaml
 from protocol import REPO, cell_stem
 from results_stats import (Result, base_method, comparisons, fmt, load_results, mean_std, noise_comparisons,
                            paired_cells, pct, rerun_agreement, signed, view_comparisons)
+from results_views import acceptance_note, acceptance_table, same_views
 
 
 def block_section(block: dict, cells: list[Result], proto: dict, expected_names: list[str]) -> list[str]:
@@ -68,6 +69,7 @@ def block_section(block: dict, cells: list[Result], proto: dict, expected_names:
                         f"at depth), paired on `{primary}` (below 0: the PIP method gives the lower perplexity): does "
                         "the perturbed view carry more than gradient noise?")
     lines += same_views(cells)
+    lines += acceptance_table(ordered(cells, seeds, domains))
     lines += zero_shot_table(cells, seeds, domains)
     if any(c.get("wall_s", {}).get("recovery") is not None for c in cells):
         lines += recovery_table(cells, primary, seeds, domains)
@@ -82,22 +84,6 @@ def pair_table(rows: list[dict], caption: str) -> list[str]:
             "|---|---|---|---|---|",
             *(f"| `{r['method']}` | `{r['base']}` | {r['wins']} of {r['n']} | {pct(r['rel'])} | {r['verdict']} |"
               for r in rows), ""]
-
-
-def same_views(cells: list[Result]) -> list[str]:
-    """Pairs of perturbed views whose calibration text came out identical (same calibration hash): their variants
-    are the same runs, not independent evidence."""
-    views = sorted({v for c in cells for v in c.get("calibration", {})})
-    lines = []
-    for i, a in enumerate(views):
-        for b in views[i + 1:]:
-            both = [c for c in cells if {a, b} <= set(c.get("calibration", {}))]
-            same = sum(c["calibration"][a]["calibration_hash"] == c["calibration"][b]["calibration_hash"]
-                       for c in both)
-            if same:
-                lines.append(f"The `{b}` view is the `{a}` view's calibration text (same calibration hash) in {same} "
-                             f"of {len(both)} cells: there, `@{b}` variants repeat the `@{a}` ones.")
-    return lines + [""] if lines else []
 
 
 def summary(proto: dict, results: list[Result]) -> list[str]:
@@ -134,8 +120,8 @@ def summary(proto: dict, results: list[Result]) -> list[str]:
     text = " ".join(" ".join([heads[k], *v]) for k, v in notes.items() if v)
     if text:
         lines += ["", text]
-    same = same_views(results)
-    return lines + ([""] + same[:-1] if same else [])
+    views = " ".join(x for x in [*same_views(results)[:-1], acceptance_note(results)] if x)
+    return lines + (["", views] if views else [])
 
 
 def rerun_section(proto: dict, results: list[Result], others: list[Result]) -> list[str]:

@@ -162,6 +162,35 @@ def test_summary_flags_views_that_came_out_identical():
                         "cells: there, `@llm` variants repeat the `@guided` ones.")
 
 
+def test_llm_view_acceptance_is_tabulated_per_cell_and_counted_once_per_calibration():
+    """The `llm` view's counts per cell (– for a cell recorded without them); the summary sums each calibration text
+    once, though the width and the depth cell of a domain and seed share it."""
+    proto = {**FAKE_PROTO, "blocks": [{"unit": "width", "ratio": 0.2}, {"unit": "depth", "ratio": 0.2}]}
+    counts = {("a", 0): (35, 1, 142), ("a", 1): (38, 0, 150), ("b", 0): (108, 2, 128)}
+    cells = []
+    for unit in ("width", "depth"):
+        for d, s in [("a", 0), ("a", 1), ("b", 0), ("b", 1)]:
+            c = fake_cell(d, s, {"pip": 90, "pip@llm": 85, "taylor": 100}, unit)
+            llm = {"generator": "llm", "calibration_hash": f"h{d}{s}"}
+            if (d, s) in counts:
+                prop, acc, fill = counts[(d, s)]
+                llm |= {"llm_proposed": prop, "llm_accepted": acc, "acceptance_rate": acc / prop,
+                        "fallback_edits": fill, "generation_s": 64.2}
+            c["calibration"] = {"default": {"calibration_hash": f"r{d}{s}"}, "llm": llm}
+            cells.append(c)
+    text = results_doc.render(proto, cells, None)
+    width = text.partition("## width")[2].partition("## depth")[0]
+    assert "| a s0 | `llm` | 35 | 1 | 2.9 | 142 | 64 |" in width
+    assert "| b s0 | `llm` | 108 | 2 | 1.9 | 128 | 64 |" in width
+    assert "| b s1 | `llm` | – | – | – | – | – |" in width  # recorded before the counts were kept
+    assert width.count("| `llm` |") == 4 and text.count("| a s1 | `llm` | 38 | 0 | 0.0 | 150 | 64 |") == 2
+    assert results_doc.summary(proto, cells)[-1] == (
+        "The instruction model's edits passed validation 3 times in 181 proposals over the 3 calibration texts of "
+        "the `llm` view; the guided generator chose the rest.")
+    assert "instruction model" not in results_doc.render(FAKE_PROTO, [fake_cell("a", 0, {"pip": 9, "taylor": 10})],
+                                                         None)
+
+
 def test_pip_methods_are_paired_with_the_noise_control_of_their_base_method():
     # pip-fisher_diff beats the control in every cell; pip in 4 (no clear difference); taylor has no control pairing
     ctl = [100, 100, 100, 100, 100, 100]
@@ -295,6 +324,24 @@ def test_real_run_writes_cells_and_resumes(tmp_path):
     model = compare_module.run_dense(protocol.load(path), tmp_path / "work" / "tiny-two-cells", res, 2)
     assert (Path(model) / "config.json").is_file() and (res / "dense.json").stat().st_mtime_ns == dense_stamp
     assert not (tmp_path / "work/tiny-two-cells/dense/results/base/eval").exists()  # only the model was redone
+    # refreshing the calibration records: a record without its newer fields gets them back from the work directory
+    # (rebuilt there, as on another machine), and one that does not match the cell's calibration is refused
+    cell_json = res / "width-r0.2-embedded-s0.json"
+    record = json.loads(cell_json.read_text())
+    assert record["calibration"]["default"]["edit_rate"] > 0.1
+    default = record["calibration"]["default"]
+    old = {**record, "calibration": {"default": {k: default[k] for k in ("calibration_hash", "edit_rate")}}}
+    cell_json.write_text(json.dumps(old))
+    assert "calibration record updated" in compare(tmp_path, path, "--refresh-calibration").stdout
+    assert json.loads(cell_json.read_text())["calibration"] == record["calibration"]
+    cell_json.write_text(json.dumps({**record, "calibration": {"default": {**record["calibration"]["default"],
+                                                                           "calibration_hash": "0" * 16}}}))
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), str(path), "--workdir",
+                          str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--refresh-calibration"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "is not the one the cell ran on (calibration_hash differ)" in bad.stderr
+    assert json.loads(cell_json.read_text())["calibration"]["default"]["calibration_hash"] == "0" * 16  # left as is
+    cell_json.write_text(json.dumps(record))
     doc = tmp_path / "results.md"
     subprocess.run([sys.executable, str(REPO / "bench" / "results_doc.py"), "--protocol", str(path),
                     "--results", str(tmp_path / "results"), "--out", str(doc)], check=True)
