@@ -10,8 +10,8 @@ of the cell by the primary PPL, (3) for blocks with `recovery: true`, LoRA recov
 A finished cell's JSON (bench/results/<protocol name>/<cell>.json, with the spec hash of the cell) is never
 recomputed; a killed run continues where it stopped: finished cells are skipped, and inside a cell the workflow's
 cache keeps every finished job. `--refresh-calibration` rewrites the calibration records of finished cells (e.g.
-the `llm` view's acceptance counts) from their work directories, refusing any whose hash differs from the committed
-one. Tables: bench/results_doc.py.
+the `llm` view's acceptance counts) from their work directories, refusing any whose hash or edit rate differs from
+the committed one. Tables: bench/results_doc.py.
 """
 
 from __future__ import annotations

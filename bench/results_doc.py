@@ -6,10 +6,11 @@
 Per block (unit and ratio): every method's PPL@128 per calibration domain (mean ± sample std over the seeds, and
 the per-seed values), the paired comparison of every PIP method with the best non-PIP method of each domain (the
 one with the lowest mean primary PPL there) and, where the block runs one, with the noise control of its base
-method; zero-shot and recovery of the cells' chosen variants, and the wall time of every cell. For a protocol with
-a `workspace` (the views protocol), the methods it shares with that protocol are set beside that protocol's
-figures of the same cell. Missing cells are listed, never silently dropped. The claim rule: A beats B only where A
-wins at least 5 of 6 paired cells (in general ⌈5/6 of the protocol's domains × seeds⌉) and every cell is present.
+method; the `llm` view's acceptance counts (bench/results_views.py); zero-shot and recovery of the cells' chosen
+variants, and the wall time of every cell. For a protocol with a `workspace` (the views protocol), the methods it
+shares with that protocol are set beside that protocol's figures of the same cell. Missing cells are listed, never
+silently dropped. The claim rule: A beats B only where A wins at least 5 of 6 paired cells (in general ⌈5/6 of the
+protocol's domains × seeds⌉) and every cell is present.
 `--check` exits 1 when the file on disk differs from what the JSONs give (the regeneration test).
 """
 
