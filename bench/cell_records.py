@@ -15,6 +15,7 @@ from protocol import REPO
 
 PACKAGES = ("torch", "transformers", "snakemake", "lm_eval", "peft", "datasets", "safetensors")
 CALIB_KEYS = ("calibration_hash", "edit_rate", "target_rate")
+VIEW_IDENTITY = ("calibration_hash", "edit_rate")  # same values: the same perturbed view
 AUX_KEYS = ("generator", "llm_proposed", "llm_accepted", "acceptance_rate", "fallback_edits", "generation_s")
 
 

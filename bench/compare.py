@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cell_records import calibration_record, ppl, provenance, read_json, write_result, zero_shot
+from cell_records import VIEW_IDENTITY, calibration_record, ppl, provenance, read_json, write_result, zero_shot
 from protocol import REPO, Cell, Protocol, ProtocolError, is_pip, load, split
 
 from pipsteps import layout as L  # noqa: E402  (torch-free; protocol put this checkout first on sys.path)
@@ -193,12 +193,13 @@ def refresh_calibration(proto: Protocol, cells: list[Cell], root: Path, out: Pat
             wd = root / cell.workdir_of(v)
             run_workflow(wd, workflow_config(proto, cell, model_dir, v), [CALIBRATION], cores, f"{cell.name}-calib")
             rec, old = calibration_record(read_json(wd / CALIBRATION)), result["calibration"][v or "default"]
-            if differ := [k for k in ("calibration_hash", "edit_rate") if rec.get(k) != old.get(k)]:
+            if differ := [k for k in VIEW_IDENTITY if rec.get(k) != old.get(k)]:
                 sys.exit(f"{cell.name}: the calibration in {wd} is not the one the cell ran on ({', '.join(differ)} "
                          f"differ): {path} left as it was")
             calib[v or "default"] = rec
-        print(f"{cell.name}: calibration record " + ("unchanged" if calib == result["calibration"] else "updated"))
-        if calib != result["calibration"]:
+        changed = calib != result["calibration"]
+        print(f"{cell.name}: calibration record " + ("updated" if changed else "unchanged"))
+        if changed:
             write_result(path, {**result, "calibration": calib})
 
 

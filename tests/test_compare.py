@@ -276,11 +276,11 @@ def test_committed_results_doc_is_regenerated_bit_for_bit(tmp_path, name):
     assert bad.returncode == 1 and f"{edited} is not what" in bad.stderr
 
 
-def compare(tmp_path: Path, proto: Path, *args: str) -> subprocess.CompletedProcess:
+def compare(tmp_path: Path, proto: Path, *args: str, rc: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "bench" / "compare.py"), str(proto), "--workdir", str(tmp_path / "work"),
            "--results", str(tmp_path / "results"), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == rc, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -336,10 +336,8 @@ def test_real_run_writes_cells_and_resumes(tmp_path):
     assert json.loads(cell_json.read_text())["calibration"] == record["calibration"]
     cell_json.write_text(json.dumps({**record, "calibration": {"default": {**record["calibration"]["default"],
                                                                            "calibration_hash": "0" * 16}}}))
-    bad = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), str(path), "--workdir",
-                          str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--refresh-calibration"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 1 and "is not the one the cell ran on (calibration_hash differ)" in bad.stderr
+    bad = compare(tmp_path, path, "--refresh-calibration", rc=1)
+    assert "is not the one the cell ran on (calibration_hash differ)" in bad.stderr
     assert json.loads(cell_json.read_text())["calibration"]["default"]["calibration_hash"] == "0" * 16  # left as is
     cell_json.write_text(json.dumps(record))
     doc = tmp_path / "results.md"
