@@ -2,8 +2,8 @@
 
 Records the wall time of every rule (summed over its jobs, from Snakemake's benchmark files), the total, the
 no-op rerun time, what a model-loading job pays before any compute (a fresh Python process that imports the step
-stack and loads the dense model, median of 3) times the number of such jobs, and dense vs pruned perplexities: PIP against the workflow's random baseline and against
-`--random-seeds` further random draws of the same number of layers (evaluated the same way, after the timing).
+stack and loads the dense model, median of 3) times the number of such jobs, and dense vs pruned perplexities:
+PIP against the workflow's random baseline and against `--random-seeds` further random draws of the same number of layers (evaluated the same way, after the timing).
 
     python bench/run_default.py [--config config.yaml] [--out bench/out/default.json] [--workdir DIR]
 """
@@ -55,18 +55,21 @@ MODEL_RULES = ("collect_gradients", "prune_round", "evaluate_ppl", "measure_effi
 STARTUP = "from pipsteps.surgery import load_model; load_model({path!r}, 'cpu')"
 
 
-def startup(workdir: Path, rules: dict[str, dict[str, float]], repeats: int = 3) -> dict[str, float]:
-    """Per-job start-up (interpreter, imports, loading the dense model) and its share of the summed rule times."""
+def startup(workdir: Path, rules: dict[str, dict[str, float]], repeats: int = 3) -> dict[str, float | str]:
+    """Per-job start-up (interpreter, imports, loading the dense model) and its share of the summed rule times; a
+    failed measurement is recorded as `error` (its last line), so the run's other figures are still written."""
     walls = []
     for _ in range(repeats):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", STARTUP.format(path=str(workdir / "results/base/model"))], check=True,
-                       capture_output=True)
+        proc = subprocess.run([sys.executable, "-c", STARTUP.format(path=str(workdir / "results/base/model"))],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
         walls.append(time.perf_counter() - t)
-    per_job = sorted(walls)[len(walls) // 2]
+    per_job = round(sorted(walls)[len(walls) // 2], 2)
     jobs = sum(int(r["jobs"]) for name, r in rules.items() if name in MODEL_RULES)
     summed = sum(r["wall_s"] for r in rules.values())
-    return {"per_job_s": round(per_job, 2), "model_jobs": jobs, "share_s": round(per_job * jobs, 1),
+    return {"per_job_s": per_job, "model_jobs": jobs, "share_s": round(per_job * jobs, 1),
             "rules_sum_s": round(summed, 1), "rest_s": round(summed - per_job * jobs, 1)}
 
 
