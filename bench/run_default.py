@@ -3,7 +3,8 @@
 Records the wall time of every rule (summed over its jobs, from Snakemake's benchmark files), the total, the
 no-op rerun time, what a model-loading job pays before any compute (a fresh Python process that imports the step
 stack and loads the dense model, median of 3) times the number of such jobs, and dense vs pruned perplexities:
-PIP against the workflow's random baseline and against `--random-seeds` further random draws of the same number of layers (evaluated the same way, after the timing).
+PIP against the workflow's random baseline and against `--random-seeds` further random draws of the same number
+of layers (evaluated the same way, after the timing).
 
     python bench/run_default.py [--config config.yaml] [--out bench/out/default.json] [--workdir DIR]
 """
@@ -23,6 +24,13 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's pipsteps first
+
+from pipsteps import layout as L  # noqa: E402  (torch-free)
+
+
+def dense_model(workdir: Path) -> Path:
+    return workdir / L.RESULTS / L.model(L.DENSE)
 
 
 def snakemake(workdir: Path, config: Path, *args: str) -> float:
@@ -61,7 +69,7 @@ def startup(workdir: Path, rules: dict[str, dict[str, float]], repeats: int = 3)
     walls = []
     for _ in range(repeats):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", STARTUP.format(path=str(workdir / "results/base/model"))],
+        proc = subprocess.run([sys.executable, "-c", STARTUP.format(path=str(dense_model(workdir)))],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
@@ -90,7 +98,7 @@ def random_seeds(workdir: Path, config: Path, seeds: list[int]) -> list[dict]:
                           seq_lens=tuple(ev.get("seq_lens", (128, 2048))), max_tokens=ev.get("max_tokens", 0),
                           threads=2)
     plan = json.loads(next((workdir / "results").rglob("random/*/plan.json")).read_text())
-    base = workdir / "results/base/model"
+    base = dense_model(workdir)
     out = []
     for seed in seeds:
         model = load_model(base, "cpu")
